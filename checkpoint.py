@@ -1,0 +1,151 @@
+"""Checkpoints that describe themselves and survive crashes.
+
+Saves are atomic (temp file in the same folder, fsync, os.replace), the newest `keep` are kept, and
+loading uses `torch.load(weights_only=True)`: a checkpoint holds tensors and plain Python types
+only. A checkpoint that fails to load is reported and the previous one is used.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "step", "data_position", "model", "ema", "ema_num_updates",
+                 "optimizer", "rng", "config", "tokenizer")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read (the message names the file)."""
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes ('module.', '_orig_mod.') so any checkpoint loads into a plain model."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """All random states of this process as tensors and plain types (weights_only-safe)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["generator"])
+
+
+def checkpoint_paths(run_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint files of a run, newest first (the zero-padded step orders them)."""
+    folder = Path(run_dir) / "checkpoints"
+    return sorted(folder.glob("ckpt_*.pt"), reverse=True) if folder.is_dir() else []
+
+
+def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any], keep: int) -> Path:
+    """Write `state` atomically as checkpoints/ckpt_{step:08d}.pt and keep the newest `keep`.
+
+    A failure part-way (full disk, crash, exception) leaves no partial file under the final name
+    and every earlier checkpoint untouched.
+    """
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint state is missing keys {missing}")
+    folder = Path(run_dir) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"ckpt_{state['step']:08d}.pt"
+    tmp = folder / f".tmp_ckpt_{state['step']:08d}_{os.getpid()}.pt"
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        previous = next((p for p in checkpoint_paths(run_dir) if p != final), None)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise CheckpointError(f"disk full while writing {final}; {kept}") from exc
+        if isinstance(exc, Exception):
+            raise CheckpointError(f"failed to write {final} ({exc}); {kept}") from exc
+        raise
+    for old in checkpoint_paths(run_dir)[keep:]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load one checkpoint safely and check it is complete."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a dict")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is missing required keys {missing}")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format_version {state['format_version']}, "
+                              f"this code reads {FORMAT_VERSION}")
+    state["model"] = clean_state_dict(state["model"])
+    state["ema"] = clean_state_dict(state["ema"])
+    return state
+
+
+def load_latest(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu",
+                log=print) -> tuple[dict[str, Any], Path] | None:
+    """The newest loadable checkpoint of a run (falling back past corrupt ones), or None if none."""
+    paths = checkpoint_paths(run_dir)
+    errors = []
+    for path in paths:
+        try:
+            return load_checkpoint(path, map_location), path
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            log(f"WARNING: {exc}; trying the previous checkpoint")
+    if paths:
+        raise CheckpointError("no loadable checkpoint in " + str(run_dir) + ":\n  " + "\n  ".join(errors))
+    return None

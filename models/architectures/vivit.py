@@ -1,0 +1,244 @@
+"""The ViViT denoiser: factorized space-time self-attention over all tokens, text cross-attention.
+
+Layout (ViViT "factorized self-attention", as Latte uses it for diffusion): every block runs
+spatial attention within each frame, then temporal attention across frames at each patch position,
+then cross-attention from every video token to the text tokens, then an MLP. All tokens are kept
+(the factorized *encoder*, which pools a frame to one token, cannot produce a dense output).
+
+Timestep conditioning is adaLN: the sinusoidal timestep embedding (plus the pooled text) goes
+through an MLP to per-block shift/scale/gate vectors. The shift and scale enter with weight
+`temporal_modulation_weight` (the seed's "temporal modulation", raised from 0.1 to 0.5); the gates
+are zero-initialised (DiT's adaLN-Zero) so every block starts as the identity.
+
+The decoder turns tokens back into pixel-space features `x_up` (decoder_channels per pixel), then
+the seed's final projection: 5x5 conv, normalization, ReLU, 5x5 output conv, times a learnable
+`output_scale`. The historical bug `out = final_conv(x_up) + x` is kept behind `residual_input`
+only so the diagnostics can reproduce it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+# Size registry: width (channels per token), depth (blocks), heads. DiT-style names.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(width=32, depth=2, heads=2),
+    "S": dict(width=128, depth=6, heads=4),
+    "M": dict(width=192, depth=8, heads=6),
+    "B": dict(width=384, depth=12, heads=6),
+}
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps t (B,) -> (B, dim), as in the DDPM/DiT code."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with F.scaled_dot_product_attention; self-attention when ctx is None."""
+
+    def __init__(self, width: int, heads: int, cross: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(width, width)
+        self.cross = cross
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor | None = None,
+                ctx_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N, L, D); ctx (N, S, D) or None; ctx_mask (N, S) bool, True = attend."""
+        n, length, width = x.shape
+        src = x if ctx is None else ctx
+        q = self.q(x).view(n, length, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(src).view(n, src.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        mask = None if ctx_mask is None else ctx_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(n, length, width))
+
+
+class MLP(nn.Sequential):
+    def __init__(self, width: int, mlp_ratio: float):
+        hidden = int(width * mlp_ratio)
+        super().__init__(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, weight: float) -> torch.Tensor:
+    """adaLN: x * (1 + w*scale) + w*shift, with shift/scale broadcast over the token dims."""
+    return x * (1 + weight * scale) + weight * shift
+
+
+class Block(nn.Module):
+    """Spatial attention, temporal attention, text cross-attention, MLP; each adaLN-Zero gated."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, modulation_weight: float):
+        super().__init__()
+        self.modulation_weight = modulation_weight
+        self.norm_s = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn_s = Attention(width, heads)
+        self.norm_t = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn_t = Attention(width, heads)
+        self.norm_c = nn.LayerNorm(width, eps=1e-6)
+        self.attn_c = Attention(width, heads, cross=True)
+        self.norm_m = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(width, mlp_ratio)
+        # 3 x (shift, scale, gate) for spatial/temporal/mlp + 1 gate for cross-attention.
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 10 * width))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: torch.Tensor,
+                ctx_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, T, N, D) tokens; c (B, D) conditioning; ctx (B, S, D) text; ctx_mask (B, S)."""
+        b, t, n, d = x.shape
+        w = self.modulation_weight
+        mods = self.ada(c)[:, None, None, :].chunk(10, dim=-1)
+        sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m, g_c = mods
+        h = modulate(self.norm_s(x), sh_s, sc_s, w).reshape(b * t, n, d)
+        x = x + g_s * self.attn_s(h).view(b, t, n, d)
+        h = modulate(self.norm_t(x), sh_t, sc_t, w).transpose(1, 2).reshape(b * n, t, d)
+        x = x + g_t * self.attn_t(h).view(b, n, t, d).transpose(1, 2)
+        h = self.norm_c(x).reshape(b, t * n, d)
+        x = x + g_c * self.attn_c(h, ctx, ctx_mask).view(b, t, n, d)
+        x = x + g_m * self.mlp(modulate(self.norm_m(x), sh_m, sc_m, w))
+        return x
+
+
+class TextEncoder(nn.Module):
+    """Word embeddings + learned positions + pre-LN transformer layers (so word order matters).
+
+    A learned start token is prepended and always attended to, so an empty prompt (all padding)
+    still yields a valid context; classifier-free guidance replaces the whole context by a learned
+    null token (everything else masked out).
+    """
+
+    def __init__(self, vocab_size: int, width: int, heads: int, depth: int, max_len: int,
+                 mlp_ratio: float):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, width, padding_idx=0)
+        self.pos = nn.Parameter(torch.randn(max_len + 1, width) * 0.02)
+        self.start = nn.Parameter(torch.randn(width) * 0.02)
+        self.null = nn.Parameter(torch.randn(width) * 0.02)
+        self.layers = nn.ModuleList(
+            nn.ModuleList([nn.LayerNorm(width), Attention(width, heads), nn.LayerNorm(width),
+                           MLP(width, mlp_ratio)]) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.max_len = max_len
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor,
+                drop_text: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, L) long, token_mask (B, L) bool, drop_text (B,) bool -> ctx (B, L+1, D), mask."""
+        b, length = tokens.shape
+        if length > self.max_len:
+            raise ValueError(f"text of {length} tokens exceeds max_text_len_tokens={self.max_len}")
+        x = torch.cat([self.start.expand(b, 1, -1), self.embed(tokens)], dim=1)
+        x = x + self.pos[: length + 1]
+        mask = torch.cat([token_mask.new_ones(b, 1), token_mask], dim=1)
+        for norm1, attn, norm2, mlp in self.layers:
+            y = norm1(x)
+            x = x + attn(y, y, mask)
+            x = x + mlp(norm2(x))
+        x = self.norm(x)
+        if drop_text is not None:
+            keep = ~drop_text
+            x = torch.cat([torch.where(keep[:, None], x[:, 0], self.null.expand(b, -1))[:, None],
+                           x[:, 1:]], dim=1)
+            mask = mask & torch.cat([mask.new_ones(b, 1), keep[:, None].expand(b, length)], dim=1)
+        return x, mask
+
+
+class FinalProjection(nn.Module):
+    """The seed's stronger head: 5x5 conv, norm, ReLU (residual on x_up), 5x5 conv to RGB."""
+
+    def __init__(self, channels: int, norm: str):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 5, padding=2)
+        if norm == "group":
+            self.norm = nn.GroupNorm(min(8, channels), channels)
+        elif norm == "batch":
+            self.norm = nn.BatchNorm2d(channels)
+        else:
+            raise ValueError(f"final_norm must be 'group' or 'batch', got {norm!r}")
+        self.out = nn.Conv2d(channels, 3, 5, padding=2)
+        nn.init.zeros_(self.out.weight)  # untrained model outputs 0 (field notes: zero-init head)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x_up: torch.Tensor) -> torch.Tensor:
+        """x_up (B*T, C, H, W) -> (B*T, 3, H, W)."""
+        return self.out(x_up + F.relu(self.norm(self.conv(x_up))))
+
+
+class ViViTDenoiser(nn.Module):
+    """Text-conditioned video denoiser. forward(x (B,3,T,H,W), t (B,), tokens, mask) -> (B,3,T,H,W)."""
+
+    def __init__(self, *, vocab_size: int, num_frames: int, frame_size_px: int, patch_size_px: int,
+                 tubelet_frames: int, width: int, depth: int, heads: int, mlp_ratio: float,
+                 text_depth: int, max_text_len_tokens: int, decoder_channels: int, final_norm: str,
+                 output_scale_init: float, temporal_modulation_weight: float, residual_input: bool,
+                 activation_checkpointing: bool = False):
+        super().__init__()
+        if frame_size_px % patch_size_px or num_frames % tubelet_frames:
+            raise ValueError("frame_size_px / num_frames must be divisible by patch / tubelet size")
+        self.num_frames, self.frame_size_px = num_frames, frame_size_px
+        self.patch, self.tubelet, self.width = patch_size_px, tubelet_frames, width
+        self.grid_t, self.grid_s = num_frames // tubelet_frames, frame_size_px // patch_size_px
+        self.decoder_channels = decoder_channels
+        self.residual_input = residual_input
+        self.activation_checkpointing = activation_checkpointing
+        self.patch_embed = nn.Conv3d(3, width, (tubelet_frames, patch_size_px, patch_size_px),
+                                     stride=(tubelet_frames, patch_size_px, patch_size_px))
+        self.pos_spatial = nn.Parameter(torch.randn(self.grid_s**2, width) * 0.02)
+        # Temporal positions are added before the first temporal block (field notes, item 9).
+        self.pos_temporal = nn.Parameter(torch.randn(self.grid_t, width) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
+        self.text = TextEncoder(vocab_size, width, heads, text_depth, max_text_len_tokens, mlp_ratio)
+        self.text_pool = nn.Linear(width, width)
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_ratio, temporal_modulation_weight) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        nn.init.zeros_(self.ada_out[1].weight)
+        nn.init.zeros_(self.ada_out[1].bias)
+        self.modulation_weight = temporal_modulation_weight
+        self.unpatch = nn.Linear(width, tubelet_frames * patch_size_px**2 * decoder_channels)
+        self.head = FinalProjection(decoder_channels, final_norm)
+        self.output_scale = nn.Parameter(torch.tensor(float(output_scale_init)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
+                token_mask: torch.Tensor, drop_text: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B,3,T,H,W) noisy video; t (B,) long; tokens/token_mask (B,L); drop_text (B,) bool."""
+        b, c, frames, height, width_px = x.shape
+        if (c, frames, height, width_px) != (3, self.num_frames, self.frame_size_px, self.frame_size_px):
+            raise ValueError(f"expected x of shape (B, 3, {self.num_frames}, {self.frame_size_px}, "
+                             f"{self.frame_size_px}), got {tuple(x.shape)}")
+        h = self.patch_embed(x).flatten(3).transpose(1, 3).transpose(1, 2)  # (B, T', N, D)
+        h = (h + self.pos_spatial + self.pos_temporal[:, None, :]).contiguous()
+        ctx, ctx_mask = self.text(tokens, token_mask, drop_text)
+        pooled = (ctx * ctx_mask[..., None]).sum(1) / ctx_mask.sum(1, keepdim=True)
+        cond = self.time_mlp(timestep_embedding(t, 256)) + self.text_pool(pooled)
+        for block in self.blocks:
+            if self.activation_checkpointing and self.training:
+                h = checkpoint(block, h, cond, ctx, ctx_mask, use_reentrant=False)
+            else:
+                h = block(h, cond, ctx, ctx_mask)
+        shift, scale = self.ada_out(cond)[:, None, None, :].chunk(2, dim=-1)
+        h = self.unpatch(modulate(self.norm_out(h), shift, scale, self.modulation_weight))
+        x_up = self.unpatchify(h)  # (B*T, C, H, W): pixel-space features, frames folded into batch
+        out = self.output_scale * self.head(x_up)
+        out = out.view(b, frames, 3, height, width_px).transpose(1, 2)
+        return out + x if self.residual_input else out
+
+    def unpatchify(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, T', N, tubelet*p*p*C) -> (B*T, C, H, W)."""
+        b = h.shape[0]
+        g, p, k, ch = self.grid_s, self.patch, self.tubelet, self.decoder_channels
+        h = h.view(b, self.grid_t, g, g, k, p, p, ch)
+        h = h.permute(0, 1, 4, 7, 2, 5, 3, 6)  # B, T', k, C, g, p, g, p
+        return h.reshape(b * self.num_frames, ch, g * p, g * p)

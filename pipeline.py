@@ -1,0 +1,150 @@
+"""What training, evaluation and the diagnostics share: loading a run, encoding prompts, sampling,
+and writing sample videos. One copy, imported everywhere (STYLE.md: diagnostics import, never copy).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from checkpoint import CheckpointError, load_checkpoint, load_latest
+from config import Config, config_from_dict
+from data.text import Tokenizer
+from data.video_io import to_uint8_frames, upscale, write_gif, write_mp4
+from diffusion.text2sign import Text2SignDiffusion
+from models import MODEL_KEYS, build_model
+from models.architectures.vivit import ViViTDenoiser
+
+
+def run_dir(cfg: Config) -> Path:
+    return Path(cfg.output_dir) / cfg.experiment_name
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config key 'device'='cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def model_config_mismatch(saved: dict[str, Any], cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """{key: (checkpoint value, requested value)} for model-shaping keys that differ."""
+    return {k: (saved.get(k), getattr(cfg, k)) for k in MODEL_KEYS if saved.get(k) != getattr(cfg, k)}
+
+
+@dataclass
+class LoadedRun:
+    cfg: Config
+    model: ViViTDenoiser  # EMA weights unless loaded with use_ema=False; in eval mode
+    diffusion: Text2SignDiffusion
+    tokenizer: Tokenizer
+    step: int
+    path: Path
+
+
+def load_run(*, experiment: str | None = None, checkpoint: str | None = None,
+             output_dir: str = "experiments", device: str | torch.device = "cpu",
+             use_ema: bool = True) -> LoadedRun:
+    """Rebuild model, diffusion and tokenizer from a checkpoint alone (no flags needed)."""
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise CheckpointError(f"--checkpoint {checkpoint}: file not found")
+        state = load_checkpoint(path, "cpu")
+    elif experiment:
+        found = load_latest(Path(output_dir) / experiment, "cpu")
+        if found is None:
+            raise CheckpointError(f"--experiment {experiment}: no checkpoint in {Path(output_dir) / experiment}"
+                                  "/checkpoints (train it first: python main.py --experiment_name "
+                                  f"{experiment})")
+        state, path = found
+    else:
+        raise ValueError("give an experiment name or a checkpoint path")
+    cfg = config_from_dict(state["config"])
+    tokenizer = Tokenizer.from_state(state["tokenizer"])
+    model = build_model(cfg, len(tokenizer))
+    model.load_state_dict(state["ema" if use_ema else "model"])
+    device = torch.device(device)
+    model.to(device).eval()
+    return LoadedRun(cfg, model, Text2SignDiffusion.from_config(cfg, device), tokenizer,
+                     int(state["step"]), path)
+
+
+def encode_prompts(tokenizer: Tokenizer, prompts: list[str], max_len: int,
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens for user prompts, with the documented behaviour for odd input.
+
+    An empty prompt, or one whose words are all unknown to the training vocabulary, is rejected
+    (ValueError naming it): the model would silently produce an arbitrary sign. Unknown words inside
+    a prompt map to <unk> with a warning; prompts longer than max_len words are truncated with a
+    warning.
+    """
+    for prompt in prompts:
+        words = tokenizer.encode(prompt, 10**6)
+        if not words:
+            raise ValueError(f"prompt {prompt!r} is empty after normalization (lower-case words)")
+        unknown = tokenizer.unknown_words(prompt)
+        if len(unknown) == len(words):
+            raise ValueError(f"prompt {prompt!r}: no word is in the training vocabulary "
+                             f"({len(tokenizer) - 2} words, e.g. {tokenizer.words[2:8]})")
+        if unknown:
+            warnings.warn(f"prompt {prompt!r}: unknown words {unknown} are read as <unk>")
+        if len(words) > max_len:
+            warnings.warn(f"prompt {prompt!r} has {len(words)} words; only the first {max_len} are used")
+    tokens, mask = tokenizer.batch(prompts, max_len)
+    return tokens.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokenizer: Tokenizer,
+             prompts: list[str], cfg: Config, *, seed: int = 0, sampler: str | None = None,
+             steps: int | None = None, eta: float | None = None, guidance_scale: float | None = None,
+             callback: Callable | None = None, batch_size: int = 16) -> torch.Tensor:
+    """Sample one video per prompt: (len(prompts), 3, T, H, W) in [-1, 1] on the CPU.
+
+    Defaults come from the config; the noise is drawn from a generator seeded by `seed`, so the same
+    prompts and seed give the same videos.
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        tokens, mask = encode_prompts(tokenizer, chunk, cfg.max_text_len_tokens, device)
+        shape = (len(chunk), 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px)
+        video = diffusion.sample(
+            model, tokens, mask, shape, sampler=sampler or cfg.sampler,
+            steps=steps or cfg.sampling_steps, eta=cfg.ddim_eta if eta is None else eta,
+            guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
+            generator=gen, callback=callback)
+        out.append(video.float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def video_grid(videos: torch.Tensor, pad_px: int = 1) -> torch.Tensor:
+    """(B,3,T,H,W) -> (3,T,H,B*W + gaps): clips side by side, separated by white columns."""
+    b, c, t, h, w = videos.shape
+    grid = torch.ones(c, t, h, b * w + (b - 1) * pad_px)
+    for i in range(b):
+        grid[..., i * (w + pad_px): i * (w + pad_px) + w] = videos[i]
+    return grid
+
+
+def save_samples(stem: str | os.PathLike, videos: torch.Tensor, fps: int = 8, scale: int = 4) -> list[Path]:
+    """Write a side-by-side grid of `videos` as stem.gif and stem.mp4; returns the paths."""
+    grid = video_grid(videos)
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    gif, mp4 = stem.with_suffix(".gif"), stem.with_suffix(".mp4")
+    frames = upscale(to_uint8_frames(grid), scale)
+    write_gif(str(gif), frames, fps=fps)
+    write_mp4(str(mp4), frames, fps=fps)
+    return [gif, mp4]

@@ -1,0 +1,65 @@
+import pytest
+import yaml
+
+from config import PRESETS, Config, ConfigError, config_from_dict, dump_yaml, make_config, parse_cli
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_validates(preset):
+    cfg = make_config(preset)
+    assert cfg.preset == preset
+
+
+def test_seed_defaults():
+    cfg = Config()
+    assert cfg.use_timestep_weighting is True
+    assert (cfg.weight_min_snr, cfg.weight_max_snr) == (0.1, 10.0)
+    assert cfg.output_scale_init == 0.5 and cfg.temporal_modulation_weight == 0.5
+    assert cfg.residual_input is False
+    assert cfg.num_timesteps == 50
+
+
+def test_unknown_key_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'max_step'.*did you mean 'max_steps'"):
+        parse_cli(["--max_step", "5"])
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match="'batch_size'.*expected int"):
+        parse_cli(["--batch_size", "four"])
+    with pytest.raises(ConfigError, match="'compile'.*boolean"):
+        parse_cli(["--compile", "maybe"])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (dict(frame_size_px=30, patch_size_px=4), "frame_size_px"),
+    (dict(zero_terminal_snr=True, prediction_type="eps"), "zero_terminal_snr"),
+    (dict(num_frames=15, tubelet_frames=2), "num_frames"),
+    (dict(final_norm="layer"), "final_norm"),
+    (dict(keep_checkpoints=1), "keep_checkpoints"),
+    (dict(model_size="XXL"), "model_size"),
+    (dict(dataset="how2sign"), "data_root"),
+])
+def test_impossible_combinations_rejected(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        make_config("tiny", overrides)
+
+
+def test_cli_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: tiny\nlr: 0.002\nbatch_size: 8\n")
+    cfg, dry = parse_cli(["--config", str(path), "--batch-size=2", "--dry-run", "--seed", "3"])
+    assert dry and cfg.preset == "tiny" and cfg.lr == 0.002 and cfg.batch_size == 2 and cfg.seed == 3
+
+
+def test_yaml_unknown_key_names_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*learning_rate"):
+        parse_cli(["--config", str(path)])
+
+
+def test_round_trip_through_dict_and_yaml():
+    cfg = make_config("tiny", dict(seed=5, lr=3e-4))
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert config_from_dict(yaml.safe_load(dump_yaml(cfg))) == cfg

@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from config import PRESETS, make_config
+from models import build_model
+
+
+def _inputs(cfg, batch=2, vocab=50):
+    x = torch.randn(batch, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px)
+    t = torch.randint(0, cfg.num_timesteps, (batch,))
+    tokens = torch.randint(2, vocab, (batch, 5))
+    return x, t, tokens, torch.ones_like(tokens, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_output_shape_every_preset(preset):
+    cfg = make_config(preset)
+    if cfg.frame_size_px * cfg.num_frames > 16 * 32:  # shrink the big presets, same layout
+        cfg = make_config(preset, dict(num_frames=4 * cfg.tubelet_frames, frame_size_px=4 * cfg.patch_size_px,
+                                       model_size="tiny", device="cpu", precision="fp32", compile=False))
+    model = build_model(cfg, 50)
+    x, t, tokens, mask = _inputs(cfg)
+    assert model(x, t, tokens, mask).shape == x.shape
+
+
+def test_untrained_output_is_zero_and_residual_adds_input():
+    cfg = make_config("tiny")
+    x, t, tokens, mask = _inputs(cfg)
+    assert build_model(cfg, 50)(x, t, tokens, mask).abs().max() == 0  # zero-init head (adaLN-Zero)
+    buggy = build_model(make_config("tiny", dict(residual_input=True)), 50)
+    assert torch.equal(buggy(x, t, tokens, mask), x)
+
+
+def test_output_scale_is_learnable_parameter():
+    model = build_model(make_config("tiny", dict(output_scale_init=0.5)), 50)
+    assert isinstance(model.output_scale, torch.nn.Parameter) and model.output_scale.item() == 0.5
+
+
+def _randomized(cfg):
+    torch.manual_seed(1)
+    model = build_model(cfg, 50)
+    with torch.no_grad():  # leave the zero init so every path carries signal
+        for p in model.parameters():
+            if p.dim() >= 1 and p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+def test_word_order_changes_output():
+    cfg = make_config("tiny")
+    model = _randomized(cfg)
+    x, t, _, _ = _inputs(cfg, batch=1)
+    a = torch.tensor([[5, 9]])
+    b = torch.tensor([[9, 5]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    assert (model(x, t, a, mask) - model(x, t, b, mask)).abs().max() > 1e-4
+
+
+def test_padding_does_not_change_output_and_null_text_does():
+    cfg = make_config("tiny")
+    model = _randomized(cfg)
+    x, t, _, _ = _inputs(cfg, batch=1)
+    short = model(x, t, torch.tensor([[5, 9]]), torch.tensor([[True, True]]))
+    padded = model(x, t, torch.tensor([[5, 9, 0, 0]]), torch.tensor([[True, True, False, False]]))
+    assert torch.allclose(short, padded, atol=1e-5)
+    dropped = model(x, t, torch.tensor([[5, 9]]), torch.tensor([[True, True]]), torch.tensor([True]))
+    other = model(x, t, torch.tensor([[7, 3]]), torch.tensor([[True, True]]), torch.tensor([True]))
+    assert torch.allclose(dropped, other, atol=1e-6)  # null text ignores the tokens
+    assert (dropped - short).abs().max() > 1e-4
+
+
+def test_empty_prompt_is_finite():
+    cfg = make_config("tiny")
+    model = _randomized(cfg)
+    x, t, _, _ = _inputs(cfg, batch=1)
+    out = model(x, t, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.bool))
+    assert torch.isfinite(out).all()
+
+
+def test_frames_interact_through_temporal_attention():
+    cfg = make_config("tiny")
+    model = _randomized(cfg)
+    x, t, tokens, mask = _inputs(cfg, batch=1)
+    y = x.clone()
+    y[:, :, -1] += 1.0  # change only the last frame
+    diff = (model(x, t, tokens, mask) - model(y, t, tokens, mask)).abs()
+    assert diff[:, :, 0].max() > 1e-5
+
+
+def test_batchnorm_option_builds():
+    model = build_model(make_config("tiny", dict(final_norm="batch")), 50)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_wrong_input_shape_is_named():
+    cfg = make_config("tiny")
+    model = build_model(cfg, 50)
+    x, t, tokens, mask = _inputs(cfg)
+    with pytest.raises(ValueError, match="expected x of shape"):
+        model(x[:, :, :2], t, tokens, mask)
