@@ -1,0 +1,53 @@
+"""Sign-fidelity evaluation of a trained run (see evaluation/runner.py for the conditions).
+
+    python evaluate.py --experiment demo [--split test] [--json eval.json]
+    python evaluate.py --checkpoint experiments/demo/checkpoints/ckpt_00003000.pt --num-clips 16
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from checkpoint import CheckpointError
+from evaluation.runner import evaluate_run
+from pipeline import load_run, resolve_device
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", help="run folder name under --output-dir")
+    parser.add_argument("--checkpoint", help="a checkpoint file (overrides --experiment)")
+    parser.add_argument("--output-dir", default="experiments")
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--num-clips", type=int, default=None, help="default: the config's num_eval_samples")
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    if not (args.experiment or args.checkpoint):
+        parser.error("give --experiment NAME or --checkpoint PATH")
+    try:
+        run = load_run(experiment=args.experiment, checkpoint=args.checkpoint, output_dir=args.output_dir,
+                       device=resolve_device(args.device), use_ema=not args.raw)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg = run.cfg
+    if args.guidance is not None:
+        cfg.guidance_scale = args.guidance
+    if args.steps is not None:
+        cfg.sampling_steps = args.steps
+    print(f"{run.path} (step {run.step}, {'raw' if args.raw else 'EMA'} weights)")
+    with torch.no_grad():
+        evaluate_run(run.model, run.diffusion, run.tokenizer, cfg, args.split, args.json,
+                     num_clips=args.num_clips, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,141 @@
+"""Model-level sign-fidelity evaluation: sample under conditioning controls, score every video.
+
+Conditions (each scored against the intended clip's ground truth):
+- `intended`: the clip's own caption;
+- `no_text`: the learned null text (what the model makes with no conditioning);
+- `shuffled`: another clip's caption (a model that ignores text scores like `intended` here);
+- `ground_truth`: the reference renderings themselves, the ceiling of every metric.
+Plus `prompt_ranking_top1`: for each clip, the conditional denoising loss under its true caption
+vs 3 other captions (same timesteps and noise for all four), top-1 accuracy; chance is 25%.
+Real datasets have no tracker: they get PSNR/SSIM against the reference and prompt ranking.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import torch
+
+from config import Config
+from data import build_dataset
+from data.text import Tokenizer
+from diffusion.text2sign import Text2SignDiffusion, q_sample, training_target
+from evaluation.metrics import (back_translate, dtw_hand_error, gloss_accuracy, gloss_wer, motion_ratio,
+                                noise_level, psnr, ssim)
+from evaluation.tracking import track_hands
+from pipeline import generate
+
+CONDITIONS = ("intended", "no_text", "shuffled", "ground_truth")
+RANKING_TIMESTEPS = (5, 15, 25, 35, 45)  # spread over the schedule; scaled to num_timesteps
+RANKING_DISTRACTORS = 3
+
+
+class _NoText(torch.nn.Module):
+    """The model with its text always replaced by the learned null text."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, t, tokens, token_mask, drop_text=None):
+        return self.model(x, t, tokens, token_mask, torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
+
+
+def score_synthetic(videos: torch.Tensor, refs: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean sign-fidelity metrics of generated `videos` (B,3,T,H,W) against reference samples."""
+    totals = dict(gloss_accuracy=0.0, gloss_wer=0.0, dtw_hand_error=0.0, noise_level=0.0, motion_ratio=0.0)
+    for video, ref in zip(videos, refs):
+        xy, found = track_hands(video)
+        pred = back_translate(xy, found)
+        totals["gloss_accuracy"] += gloss_accuracy(pred, ref["glosses"])
+        totals["gloss_wer"] += gloss_wer(pred, ref["glosses"])
+        totals["dtw_hand_error"] += dtw_hand_error(xy, ref["hand_xy"].numpy(), found, ref["hand_visible"].numpy())
+        totals["noise_level"] += noise_level(video, ref["video"])
+        totals["motion_ratio"] += motion_ratio(xy, ref["hand_xy"].numpy(), found, ref["hand_visible"].numpy())
+    return {k: v / len(refs) for k, v in totals.items()}
+
+
+def score_real(videos: torch.Tensor, refs: list[dict[str, Any]]) -> dict[str, float]:
+    return dict(psnr=sum(psnr(v, r["video"]) for v, r in zip(videos, refs)) / len(refs),
+                ssim=sum(ssim(v, r["video"]) for v, r in zip(videos, refs)) / len(refs))
+
+
+@torch.no_grad()
+def prompt_ranking(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokenizer: Tokenizer,
+                   refs: list[dict[str, Any]], cfg: Config, seed: int = 0) -> float:
+    """Top-1 accuracy of the true caption among 1 + 3 candidates by conditional denoising loss."""
+    device = next(model.parameters()).device
+    captions = [r["caption"] for r in refs]
+    gen = torch.Generator().manual_seed(seed)
+    steps = sorted({min(diffusion.num_timesteps - 1, round(s * diffusion.num_timesteps / 50))
+                    for s in RANKING_TIMESTEPS})
+    correct = 0
+    for i, ref in enumerate(refs):
+        # Distractors: the next clips whose caption differs (deterministic, no RNG involved).
+        others = [c for c in captions[i + 1:] + captions[:i] if c != ref["caption"]][:RANKING_DISTRACTORS]
+        candidates = [ref["caption"]] + others
+        k = len(candidates)
+        tokens, mask = tokenizer.batch(candidates, cfg.max_text_len_tokens)
+        x0 = ref["video"][None].to(device)
+        losses = torch.zeros(k)
+        for t_int in steps:
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = torch.full((k,), t_int, device=device)
+            x_t = q_sample(diffusion.sched, x0, t[:1], noise).expand(k, *x0.shape[1:])
+            out = model(x_t, t, tokens.to(device), mask.to(device))
+            target = training_target(diffusion.sched, diffusion.prediction_type, x0, t[:1], noise)
+            losses += ((out.float() - target) ** 2).mean(dim=(1, 2, 3, 4)).cpu()
+        correct += int(losses.argmin() == 0)
+    return correct / len(refs)
+
+
+def evaluate_model(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokenizer: Tokenizer, cfg: Config,
+                   split: str = "test", num_clips: int | None = None, seed: int = 0,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sample every condition for the first `num_clips` clips of `split` and score them."""
+    dataset = build_dataset(cfg, split)
+    n = min(len(dataset), num_clips or cfg.num_eval_samples)
+    refs = [dataset[i] for i in range(n)]
+    captions = [r["caption"] for r in refs]
+    shuffled = captions[1:] + captions[:1]
+    synthetic = cfg.dataset == "synthetic"
+    score = score_synthetic if synthetic else score_real
+    model.eval()
+    results: dict[str, Any] = {}
+    log(f"evaluating {n} {split} clips: sampling intended / no_text / shuffled ...")
+    results["intended"] = score(generate(model, diffusion, tokenizer, captions, cfg, seed=seed), refs)
+    results["no_text"] = score(generate(_NoText(model), diffusion, tokenizer, captions, cfg, seed=seed,
+                                        guidance_scale=1.0), refs)
+    results["shuffled"] = score(generate(model, diffusion, tokenizer, shuffled, cfg, seed=seed), refs)
+    results["ground_truth"] = score(torch.stack([r["video"] for r in refs]), refs)
+    results["prompt_ranking_top1"] = prompt_ranking(model, diffusion, tokenizer, refs, cfg, seed)
+    results["meta"] = dict(split=split, num_clips=n, sampler=cfg.sampler, sampling_steps=cfg.sampling_steps,
+                           guidance_scale=cfg.guidance_scale, seed=seed)
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The results as a text table: one row per metric, one column per condition."""
+    metrics = [k for k in results["intended"]]
+    lines = [f"{'metric':<16}" + "".join(f"{c:>14}" for c in CONDITIONS)]
+    for m in metrics:
+        lines.append(f"{m:<16}" + "".join(f"{results[c][m]:>14.4f}" for c in CONDITIONS))
+    lines.append(f"{'prompt_rank_top1':<16}{results['prompt_ranking_top1']:>14.4f}   (chance 0.25; "
+                 "ground-truth ceiling 1.0)")
+    return "\n".join(lines)
+
+
+def evaluate_run(model, diffusion, tokenizer, cfg: Config, split: str = "test",
+                 json_path: str | os.PathLike | None = None, log: Callable[[str], None] = print,
+                 num_clips: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """evaluate_model + print the table + write JSON (atomically)."""
+    results = evaluate_model(model, diffusion, tokenizer, cfg, split, num_clips, seed, log)
+    log(format_table(results))
+    if json_path:
+        tmp = f"{json_path}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(results, fh, indent=2)
+        os.replace(tmp, json_path)
+        log(f"wrote {json_path}")
+    return results

@@ -1,0 +1,157 @@
+"""The diagnostics: baselines, verdict, and both scripts end to end on the tiny preset."""
+import json
+import math
+
+import pytest
+import torch
+
+import debug_vivit_sampling
+import main as train_main
+import quick_test_fixes
+from config import make_config
+from diffusion.text2sign import Text2SignDiffusion
+from evaluation.timesteps import PASS_LINES, baselines, seed_signature, timestep_table, verdict
+from models import build_model
+
+T = 50
+
+
+def _rows(eps_mse_by_t: dict[int, float], zero: float = 1.0, identity: float = 1.3) -> list[dict]:
+    return [dict(t=t, eps_mse=e, zero_baseline=zero, identity_baseline=identity) for t, e in eps_mse_by_t.items()]
+
+
+def _cosine_alphas_cumprod(t: int, num_timesteps: int = T) -> float:
+    """Nichol & Dhariwal's ᾱ_t written out by hand (betas clipped at 0.999), independent of diffusion/."""
+    f = [math.cos((s / num_timesteps + 0.008) / 1.008 * math.pi / 2) ** 2 for s in range(num_timesteps + 1)]
+    ac = 1.0
+    for s in range(t + 1):
+        ac *= 1 - min(1 - f[s + 1] / f[s], 0.999)
+    return ac
+
+
+def test_baselines_match_a_hand_computation():
+    x0 = torch.tensor([0.5, -1.0, 0.25, 0.0])
+    noise = torch.tensor([1.0, 2.0, -0.5, 0.1])
+    for t in (0, 25, 49):
+        a = _cosine_alphas_cumprod(t)
+        x_t = [math.sqrt(a) * x + math.sqrt(1 - a) * e for x, e in zip(x0.tolist(), noise.tolist())]
+        zero, identity = baselines(torch.tensor(x_t, dtype=torch.float64), noise)
+        assert zero == pytest.approx((1 + 4 + 0.25 + 0.01) / 4)
+        assert identity == pytest.approx(sum((xt - e) ** 2 for xt, e in zip(x_t, noise.tolist())) / 4, rel=1e-6)
+
+
+def test_table_columns_use_the_schedule_and_seeded_noise():
+    cfg = make_config("tiny", dict(prediction_type="eps"))
+    model, diffusion = build_model(cfg, 10), Text2SignDiffusion.from_config(cfg)
+    videos = torch.rand(3, 3, cfg.num_frames, 16, 16) * 2 - 1
+    tokens, mask = torch.full((3, 2), 2), torch.ones(3, 2, dtype=torch.bool)
+    rows = timestep_table(model, diffusion, videos, tokens, mask, [0, 49], seed=7)
+    for row in rows:
+        a = _cosine_alphas_cumprod(row["t"])
+        noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(7 * 100_003 + row["t"]))
+        x_t = math.sqrt(a) * videos.double() + math.sqrt(1 - a) * noise.double()
+        assert row["zero_baseline"] == pytest.approx(float(noise.double().pow(2).mean()), rel=1e-6)
+        assert row["identity_baseline"] == pytest.approx(float((x_t - noise).pow(2).mean()), rel=1e-4)
+        assert row["snr"] == pytest.approx(a / (1 - a), rel=1e-3)
+        # Untrained zero-initialised head: eps = 0 exactly, so eps-MSE is the zero baseline, skill 0.
+        assert row["eps_mse"] == pytest.approx(row["zero_baseline"], rel=1e-6)
+        assert row["x0_mse"] == pytest.approx(row["eps_mse"] / row["snr"], rel=1e-3)
+    v = verdict(rows, T)
+    assert not v.passed and v.failures == ["not_trained_enough"] and not v.signature
+
+
+def test_untrained_residual_model_reproduces_the_seed_signature():
+    cfg = make_config("tiny", dict(prediction_type="eps", residual_input=True))
+    model, diffusion = build_model(cfg, 10), Text2SignDiffusion.from_config(cfg)
+    videos = torch.rand(4, 3, 1, 1, 1).mul(2).sub(1).expand(4, 3, cfg.num_frames, 16, 16).contiguous()
+    tokens, mask = torch.full((4, 2), 2), torch.ones(4, 2, dtype=torch.bool)
+    rows = timestep_table(model, diffusion, videos, tokens, mask, [0, 10, 25, 40, 49])
+    assert rows[0]["eps_mse"] > rows[0]["zero_baseline"]  # t=0: above predicting zero
+    assert rows[-1]["eps_mse"] < rows[0]["eps_mse"] / 100  # t=49: far below t=0
+    assert rows[0]["eps_mse"] == pytest.approx(rows[0]["identity_baseline"], rel=1e-5)
+    v = verdict(rows, T)
+    assert seed_signature(rows) and v.signature and not v.passed
+    assert {"worse_than_zero", "low_timestep_degradation"} <= set(v.failures)
+    assert any("tracks the identity" in line for line in v.lines)
+
+
+@pytest.mark.parametrize("table", [
+    {0: 1.92, 49: 0.001},  # the seed: "1920x worse at low timesteps"
+    {0: 1.281, 49: 1.275},  # after the first fixes: "ratio 1.00x", called EXCELLENT
+    {t: 1.92 * (1 - t / 49) + 0.001 for t in range(T)},  # the seed's shape at every timestep
+    {t: 1.28 for t in range(T)},
+])
+def test_verdict_fails_both_seed_cases(table):
+    v = verdict(_rows(table, identity=1.92), T)
+    assert not v.passed
+    assert "worse_than_zero" in v.failures
+    assert not set(PASS_LINES) & set(v.lines)
+
+
+def test_verdict_names_degradation_and_signature_for_the_first_seed_case():
+    v = verdict(_rows({0: 1.92, 49: 0.001}), T)
+    assert v.failures == ["worse_than_zero", "low_timestep_degradation"]
+    assert v.signature and v.ratio == pytest.approx(1920)
+    assert not verdict(_rows({0: 1.281, 49: 1.275}), T).signature
+
+
+def test_verdict_passes_a_healthy_table_with_the_seed_lines():
+    # eps-MSE naturally highest at small t (ratio ~100x) but below predicting zero everywhere.
+    healthy = {t: 0.6 * math.exp(-t / 10) + 0.005 for t in range(T)}
+    v = verdict(_rows(healthy), T)
+    assert v.passed and v.failures == []
+    assert v.lines[:2] == ["✅ EXCELLENT: Model performs well at all timesteps",
+                           "   The low-timestep issue appears to be FIXED!"]
+    assert v.ratio > 50
+
+
+def test_verdict_flags_low_t_weakness_and_non_finite():
+    v = verdict(_rows({0: 0.97, 5: 0.9, 49: 0.01}), T)
+    assert not v.passed and v.failures == ["low_timestep_degradation", "not_trained_enough"]
+    assert verdict(_rows({0: float("nan"), 49: 0.01}), T).failures == ["non_finite"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert train_main.main(["--preset", "tiny", "--max_steps", "4", "--experiment_name", "diag",
+                            "--output_dir", str(out), "--num_threads", "1"]) == 0
+    return out
+
+
+def test_quick_test_fixes_on_a_checkpoint_writes_json(tiny_run, tmp_path, capsys):
+    path = tmp_path / "report.json"
+    code = quick_test_fixes.main(["--experiment", "diag", "--output_dir", str(tiny_run), "--timesteps",
+                                  "0,25,49", "--num-clips", "4", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert {"mode", "checkpoint", "step", "use_ema", "models", "passed", "thresholds", "wall_s"} <= set(report)
+    (model,) = report["models"].values()
+    assert [r["t"] for r in model["rows"]] == [0, 25, 49]
+    assert {"t", "snr", "eps_mse", "x0_mse", "zero_baseline", "identity_baseline", "skill"} <= set(model["rows"][0])
+    assert code == (0 if report["passed"] else 1) and report["passed"] == model["passed"] is False
+    assert "Low/high ratio" in capsys.readouterr().out
+
+
+def test_quick_test_fixes_self_check_plumbing(tmp_path, capsys):
+    path = tmp_path / "self.json"
+    code = quick_test_fixes.main(["--steps", "2", "--timesteps", "0,49", "--num-clips", "4", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert report["mode"] == "self_check" and code in (0, 1)
+    assert set(report["models"]) == {"historical (residual_input)", "fixed"}
+    assert report["models"]["historical (residual_input)"]["signature"]  # 2 steps: still the identity
+    assert "Self-check" in capsys.readouterr().out
+
+
+def test_debug_sampling_writes_videos_pngs_and_stats(tiny_run, tmp_path, capsys):
+    out, stats = tmp_path / "dbg", tmp_path / "stats.json"
+    code = debug_vivit_sampling.main(["--experiment", "diag", "--output_dir", str(tiny_run), "--out", str(out),
+                                      "--steps", "3", "--num-samples", "2", "--json", str(stats)])
+    assert code == 0
+    report = json.loads(stats.read_text())
+    assert len(report["prompts"]) == 4 and len(report["per_step"]) == 3
+    assert {"t", "xt_mean", "xt_std", "xt_min", "xt_max", "x0_std", "x0_clipped", "eps_rms",
+            "nonfinite"} <= set(report["per_step"][0])
+    assert {"hf_energy", "data_hf_energy", "hf_ratio", "saturation"} <= set(report["final"])
+    assert len(list(out.glob("prompt_*.gif"))) == 4 and len(list(out.glob("prompt_*.mp4"))) == 4
+    assert (out / "grid.png").is_file() and len(list(out.glob("x0_strip_*.png"))) == 4
+    assert "x_t std" in capsys.readouterr().out

@@ -1,0 +1,64 @@
+"""The training path end to end on the tiny preset."""
+import json
+
+import torch
+
+import main as train_main
+from checkpoint import checkpoint_paths, load_checkpoint
+from config import make_config
+from diffusion.text2sign import Text2SignDiffusion
+from models import build_model
+
+
+def test_tiny_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    cfg = make_config("tiny")
+    model = build_model(cfg, 20)
+    diffusion = Text2SignDiffusion.from_config(cfg)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px) * 2 - 1
+    tokens, mask = torch.randint(2, 20, (4, 3)), torch.ones(4, 3, dtype=torch.bool)
+    draws = diffusion.draw_training_noise(tuple(x0.shape), gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        loss = diffusion.training_losses(model, x0, tokens, mask, draws=draws)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_main_end_to_end_and_resume(tmp_path, capsys):
+    args = ["--preset", "tiny", "--experiment_name", "e2e", "--output_dir", str(tmp_path),
+            "--max_steps", "10", "--checkpoint_every_steps", "5", "--log_every_steps", "5"]
+    assert train_main.main(args) == 0
+    run = tmp_path / "e2e"
+    assert (run / "config.yaml").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10]
+    assert {"loss", "lr", "grad_norm", "samples_per_s", "loss_q1", "loss_q4"} <= set(records[0])
+    assert list((run / "samples").glob("*.gif")) and list((run / "samples").glob("*.mp4"))
+    paths = checkpoint_paths(run)
+    state = load_checkpoint(paths[0])
+    assert state["step"] == 10 and state["config"]["experiment_name"] == "e2e"
+    capsys.readouterr()
+    assert train_main.main(args[:-6] + ["--max_steps", "12", "--checkpoint_every_steps", "5",
+                                        "--log_every_steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Resuming experiment 'e2e'" in out and "at step 10" in out
+    assert load_checkpoint(checkpoint_paths(run)[0])["step"] == 12
+
+
+def test_unknown_key_fails_before_work(tmp_path, capsys):
+    code = train_main.main(["--experiment_name", "x", "--output_dir", str(tmp_path), "--max_stepz", "3"])
+    assert code == 2
+    assert "unknown config key 'max_stepz'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_dry_run_prints_resolved_config(capsys):
+    assert train_main.main(["--preset", "tiny", "--dry-run", "--lr", "0.005"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.005" in out and "preset: tiny" in out
