@@ -1,0 +1,1 @@
+"""Video-level evaluation of generated sign clips: hand tracking, back-translation, metrics."""
