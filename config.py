@@ -49,11 +49,11 @@ class Config:
 
     # --- model (ViViT denoiser) --------------------------------------------------------------
     model_size: str = "S"  # entry in models.architectures.vivit.MODEL_SIZES (width/depth/heads)
-    patch_size_px: int = 4  # spatial patch side, pixels (frame_size_px must be divisible)
+    patch_size_px: int = 8  # spatial patch side, pixels (frame_size_px must be divisible)
     tubelet_frames: int = 1  # frames per token (num_frames must be divisible)
     mlp_ratio: float = 4.0  # transformer MLP hidden width / model width
     text_depth: int = 2  # layers of the text transformer
-    decoder_channels: int = 32  # channels of x_up, the pixel-space features before the final projection
+    decoder_channels: int = 16  # channels of x_up, the pixel-space features before the final projection
     final_norm: str = "group"  # group | batch: normalization in the final projection (seed used batch)
     output_scale_init: float = 0.5  # initial value of the learnable output_scale (seed: 0.5)
     temporal_modulation_weight: float = 0.5  # weight of the timestep modulation (seed changed 0.1 -> 0.5)
