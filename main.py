@@ -10,6 +10,7 @@ config -> distributed/device -> data -> model/EMA/optimizer -> resume -> loop ->
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -155,9 +156,13 @@ def main(argv: list[str]) -> int:
     def checkpoint_state(step: int) -> dict:
         rngs = rng_state(noise_gen)
         if distributed:
+            # all_gather_object fails to unpickle tensors here ("UntypedStorage has no attribute
+            # dtype"): gather each rank's RNG state as torch.save bytes instead.
+            buffer = io.BytesIO()
+            torch.save(rngs, buffer)
             gathered = [None] * world
-            dist.all_gather_object(gathered, rngs)
-            rngs = gathered
+            dist.all_gather_object(gathered, buffer.getvalue())
+            rngs = [torch.load(io.BytesIO(b), weights_only=True) for b in gathered]
         return dict(format_version=FORMAT_VERSION, step=step, data_position=step * cfg.batch_size,
                     model=unwrap(model).state_dict(), ema=ema.module.state_dict(),
                     ema_num_updates=int(ema.n_averaged), optimizer=optimizer.state_dict(), rng=rngs,
@@ -228,6 +233,10 @@ def main(argv: list[str]) -> int:
         bar.update(1)
 
         if step % cfg.log_every_steps == 0 or step == cfg.max_steps:
+            if distributed:  # per-timestep losses of every rank's samples, not only rank 0's
+                both = torch.stack([quartile_sums, quartile_counts]).to(device)
+                dist.all_reduce(both)
+                quartile_sums, quartile_counts = both.cpu().unbind(0)
             elapsed = time.perf_counter() - window_t0
             record = dict(step=step, loss=window_loss / window_n, lr=lr, grad_norm=float(grad_norm),
                           samples_per_s=window_samples / elapsed,

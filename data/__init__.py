@@ -8,6 +8,7 @@ number of DataLoader workers, and torchrun ranks take disjoint slices of the sam
 """
 from __future__ import annotations
 
+import signal
 from typing import Any, Iterator
 
 import torch
@@ -89,6 +90,14 @@ class EpochIndexed(Dataset):
         return self.dataset[index]
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Ctrl-C and SIGTERM reach the whole process group; only the main process acts on them (it saves
+    at the next step boundary, then shuts its workers down). A worker killed first would crash the
+    run without a checkpoint while the main process waits for its batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_train_loader(cfg: Config, dataset: Dataset, tokenizer: Tokenizer, start_step: int,
                       rank: int = 0, world_size: int = 1) -> DataLoader:
     """An endless loader of this rank's micro-batches from `start_step` on."""
@@ -100,4 +109,4 @@ def make_train_loader(cfg: Config, dataset: Dataset, tokenizer: Tokenizer, start
         persistent_workers=cfg.num_workers > 0,
         # The loader's own generator keeps it from drawing on the global torch RNG (exact resume).
         generator=torch.Generator().manual_seed(cfg.seed + 7919 * rank),
-        prefetch_factor=4 if cfg.num_workers > 0 else None)
+        prefetch_factor=4 if cfg.num_workers > 0 else None, worker_init_fn=_ignore_stop_signals)

@@ -41,8 +41,29 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v. q (..., L, d); k, v (..., S, d); mask broadcast to (..., L, S).
+
+    Sequences here are short (16 spatial or temporal tokens, ~10 text tokens): on CPU two batched
+    matmuls and a softmax were faster than F.scaled_dot_product_attention's fused kernel, which is
+    tiled for long sequences (docs/performance.md). On CUDA the fused kernel is used.
+    """
+    if q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1), v)
+
+
 class Attention(nn.Module):
-    """Multi-head attention with F.scaled_dot_product_attention; self-attention when ctx is None."""
+    """Multi-head attention over axis `seq_dim` of x (..., D); self-attention when ctx is None.
+
+    Attending over any axis lets the temporal blocks work on (B, T, N, D) tokens as they lie, with
+    no transposed copy of the tokens in and out. Cross-attention: x (B, L, D), ctx (B, S, D),
+    ctx_mask (B, S) bool (True = attend).
+    """
 
     def __init__(self, width: int, heads: int, cross: bool = False):
         super().__init__()
@@ -53,15 +74,25 @@ class Attention(nn.Module):
         self.cross = cross
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor | None = None,
-                ctx_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, L, D); ctx (N, S, D) or None; ctx_mask (N, S) bool, True = attend."""
-        n, length, width = x.shape
-        src = x if ctx is None else ctx
-        q = self.q(x).view(n, length, self.heads, -1).transpose(1, 2)
-        k, v = self.kv(src).view(n, src.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        mask = None if ctx_mask is None else ctx_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(n, length, width))
+                ctx_mask: torch.Tensor | None = None, seq_dim: int = -2) -> torch.Tensor:
+        heads, width, dims = self.heads, x.shape[-1], x.dim()
+        if ctx is not None:
+            n = x.shape[0]
+            q = self.q(x).view(n, -1, heads, width // heads).transpose(1, 2)
+            k, v = self.kv(ctx).view(n, ctx.shape[1], 2, heads, -1).permute(2, 0, 3, 1, 4)
+            out = attention(q, k, v, None if ctx_mask is None else ctx_mask[:, None, None, :])
+            return self.proj(out.transpose(1, 2).reshape(x.shape))
+        seq = seq_dim % dims
+        batch_dims = [i for i in range(dims - 1) if i != seq]
+        to_heads = (*batch_dims, dims - 1, seq, dims)  # (..., H, hd) with L at seq -> (*batch, H, L, hd)
+        w_k, w_v = self.kv.weight.chunk(2)
+        b_k, b_v = self.kv.bias.chunk(2)
+        q, k, v = (F.linear(x, w, b).unflatten(-1, (heads, -1)).permute(to_heads)
+                   for w, b in ((self.q.weight, self.q.bias), (w_k, b_k), (w_v, b_v)))
+        out = attention(q, k, v)  # (*batch, H, L, hd)
+        nb = len(batch_dims)
+        back = [nb + 1 if i == seq else batch_dims.index(i) for i in range(dims - 1)] + [nb, nb + 2]
+        return self.proj(out.permute(*back).reshape(x.shape))
 
 
 class MLP(nn.Sequential):
@@ -71,8 +102,11 @@ class MLP(nn.Sequential):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, weight: float) -> torch.Tensor:
-    """adaLN: x * (1 + w*scale) + w*shift, with shift/scale broadcast over the token dims."""
-    return x * (1 + weight * scale) + weight * shift
+    """adaLN: x * (1 + w*scale) + w*shift, with shift/scale broadcast over the token dims.
+
+    One fused multiply-add over the tokens (the small shift/scale vectors are combined first).
+    """
+    return torch.addcmul(weight * shift, x, 1 + weight * scale)
 
 
 class Block(nn.Module):
@@ -101,14 +135,11 @@ class Block(nn.Module):
         w = self.modulation_weight
         mods = self.ada(c)[:, None, None, :].chunk(10, dim=-1)
         sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m, g_c = mods
-        h = modulate(self.norm_s(x), sh_s, sc_s, w).reshape(b * t, n, d)
-        x = x + g_s * self.attn_s(h).view(b, t, n, d)
-        h = modulate(self.norm_t(x), sh_t, sc_t, w).transpose(1, 2).reshape(b * n, t, d)
-        x = x + g_t * self.attn_t(h).view(b, n, t, d).transpose(1, 2)
-        h = self.norm_c(x).reshape(b, t * n, d)
-        x = x + g_c * self.attn_c(h, ctx, ctx_mask).view(b, t, n, d)
-        x = x + g_m * self.mlp(modulate(self.norm_m(x), sh_m, sc_m, w))
-        return x
+        x = torch.addcmul(x, g_s, self.attn_s(modulate(self.norm_s(x), sh_s, sc_s, w), seq_dim=2))
+        x = torch.addcmul(x, g_t, self.attn_t(modulate(self.norm_t(x), sh_t, sc_t, w), seq_dim=1))
+        h = self.norm_c(x).view(b, t * n, d)
+        x = torch.addcmul(x, g_c, self.attn_c(h, ctx, ctx_mask).view(b, t, n, d))
+        return torch.addcmul(x, g_m, self.mlp(modulate(self.norm_m(x), sh_m, sc_m, w)))
 
 
 class TextEncoder(nn.Module):
@@ -218,8 +249,8 @@ class ViViTDenoiser(nn.Module):
         if (c, frames, height, width_px) != (3, self.num_frames, self.frame_size_px, self.frame_size_px):
             raise ValueError(f"expected x of shape (B, 3, {self.num_frames}, {self.frame_size_px}, "
                              f"{self.frame_size_px}), got {tuple(x.shape)}")
-        h = self.patch_embed(x).flatten(3).transpose(1, 3).transpose(1, 2)  # (B, T', N, D)
-        h = (h + self.pos_spatial + self.pos_temporal[:, None, :]).contiguous()
+        h = self.patchify(x)
+        h = (h + self.pos_spatial + self.pos_temporal[:, None, :]).contiguous()  # (B, T', N, D)
         ctx, ctx_mask = self.text(tokens, token_mask, drop_text)
         pooled = (ctx * ctx_mask[..., None]).sum(1) / ctx_mask.sum(1, keepdim=True)
         cond = self.time_mlp(timestep_embedding(t, 256)) + self.text_pool(pooled)
@@ -232,13 +263,22 @@ class ViViTDenoiser(nn.Module):
         h = self.unpatch(modulate(self.norm_out(h), shift, scale, self.modulation_weight))
         x_up = self.unpatchify(h)  # (B*T, C, H, W): pixel-space features, frames folded into batch
         out = self.output_scale * self.head(x_up)
-        out = out.view(b, frames, 3, height, width_px).transpose(1, 2)
+        out = out.reshape(b, frames, 3, height, width_px).transpose(1, 2)
         return out + x if self.residual_input else out
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> tokens (B, T', N, D): the strided Conv3d `patch_embed` as one matmul."""
+        b = x.shape[0]
+        g, p, k = self.grid_s, self.patch, self.tubelet
+        patches = x.view(b, 3, self.grid_t, k, g, p, g, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        patches = patches.reshape(b, self.grid_t, g * g, 3 * k * p * p)  # (c, k, p, p) as the conv weight
+        return F.linear(patches, self.patch_embed.weight.flatten(1), self.patch_embed.bias)
 
     def unpatchify(self, h: torch.Tensor) -> torch.Tensor:
         """(B, T', N, tubelet*p*p*C) -> (B*T, C, H, W)."""
         b = h.shape[0]
         g, p, k, ch = self.grid_s, self.patch, self.tubelet, self.decoder_channels
         h = h.view(b, self.grid_t, g, g, k, p, p, ch)
-        h = h.permute(0, 1, 4, 7, 2, 5, 3, 6)  # B, T', k, C, g, p, g, p
-        return h.reshape(b * self.num_frames, ch, g * p, g * p)
+        # (B*T, H, W, C) memory seen as NCHW: channels-last, the faster layout for the 5x5 convs.
+        h = h.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b * self.num_frames, g * p, g * p, ch)
+        return h.permute(0, 3, 1, 2)

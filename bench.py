@@ -1,0 +1,334 @@
+"""Benchmark: the machine's matmul ceiling, training MFU, sampling cost and scaling, in one run.
+
+    python bench.py                                   # cpu preset, prints a table
+    python bench.py --preset gpu --device cuda --json out.json
+    python bench.py --preset tiny --quick --json /tmp/b.json   # seconds; what the test runs
+
+MFU = achieved training GFLOP/s (FLOPs counted by torch.utils.flop_counter over one forward and
+backward, times measured samples/s) / the median GFLOP/s of a 4096x4096 fp32 matmul measured in
+the same run (at the start and again at the end, so a machine shared with other jobs loads both
+sides of the ratio alike). Every figure is a median over repeats after warm-up. Training uses the
+real data loader, so the data-wait share is the time spent in `next(loader)` over the step time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from config import ConfigError, make_config, parse_value
+from data import build_dataset, make_train_loader
+from data.text import Tokenizer
+from diffusion.text2sign import Text2SignDiffusion
+from main import make_ema, param_groups
+from models import build_model
+from pipeline import resolve_device
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> list[float]:
+    """GFLOP/s of repeated n x n @ n x n products (2 n^3 FLOPs each), one figure per repeat."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    c = a @ b  # warm-up
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.matmul(a, b, out=c)
+        sync(device)
+        out.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return out
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 resets the VmHWM (peak RSS) counter of this process
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class Trainer:
+    """One optimizer step exactly as main.py takes it (AdamW, clip, EMA), on batches from `batches`."""
+
+    def __init__(self, cfg, device: torch.device, vocab_size: int):
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.device = cfg, device
+        self.model = build_model(cfg, vocab_size).to(device)
+        self.ema = make_ema(self.model, cfg.ema_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(0.9, cfg.adam_beta2), fused=device.type == "cuda")
+        self.diffusion = Text2SignDiffusion.from_config(cfg, device)
+        self.net = torch.compile(self.model) if cfg.compile else self.model
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+    def loss_backward(self, batch: dict) -> torch.Tensor:
+        x0 = batch["video"].to(self.device, non_blocking=True)
+        tokens, mask = batch["tokens"].to(self.device), batch["token_mask"].to(self.device)
+        draws = self.diffusion.draw_training_noise(tuple(x0.shape), self.gen, self.device)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+            loss = self.diffusion.training_losses(self.net, x0, tokens, mask, draws=draws)["loss"]
+            loss.backward()
+        return loss
+
+    def step(self, batch: dict) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_backward(batch)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
+        self.optimizer.step()
+        self.ema.update_parameters(self.model)
+
+    def flops_per_sample(self, batch: dict) -> float:
+        """Forward + backward FLOPs of one sample (matmuls, convs, attention), counted, not estimated."""
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.model.zero_grad(set_to_none=True)
+            x0 = batch["video"].to(self.device)
+            draws = self.diffusion.draw_training_noise(tuple(x0.shape), self.gen, self.device)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+                self.diffusion.training_losses(self.model, x0, batch["tokens"].to(self.device),
+                                               batch["token_mask"].to(self.device), draws=draws)["loss"].backward()
+        return counter.get_total_flops() / x0.shape[0]
+
+    def time_steps(self, batches, warmup: int, steps: int) -> dict:
+        """Median seconds per step and the share of step time spent waiting for `next(batches)`."""
+        first_s = None
+        for i in range(warmup):
+            t0 = time.perf_counter()
+            self.step(next(batches))
+            sync(self.device)
+            if i == 0:
+                first_s = time.perf_counter() - t0
+        step_s, wait_s = [], []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            t1 = time.perf_counter()
+            self.step(batch)
+            sync(self.device)
+            step_s.append(time.perf_counter() - t0)
+            wait_s.append(t1 - t0)
+        return dict(step_s=statistics.median(step_s), first_step_s=first_s,
+                    data_wait_share=sum(wait_s) / sum(step_s))
+
+
+def random_batch(cfg, batch_size: int, vocab_size: int, text_len: int = 8) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    video = torch.rand(batch_size, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px, generator=gen) * 2 - 1
+    tokens = torch.randint(2, vocab_size, (batch_size, text_len), generator=gen)
+    return dict(video=video, tokens=tokens, token_mask=torch.ones_like(tokens, dtype=torch.bool))
+
+
+def repeat(batch: dict):
+    while True:
+        yield batch
+
+
+def bench_train(cfg, device, quick: bool) -> tuple[dict, dict, Tokenizer, torch.nn.Module]:
+    try:
+        dataset = build_dataset(cfg, "train")
+    except ImportError as exc:  # a dataset whose optional dependency is missing: time the model alone
+        print(f"warning: no dataset ({exc}); training on a fixed random batch, data wait not measured")
+        dataset = None
+    tokenizer = Tokenizer.from_captions(dataset.captions if dataset is not None else ["a b c d e f g h"])
+    batches = (iter(make_train_loader(cfg, dataset, tokenizer, start_step=0)) if dataset is not None
+               else repeat(random_batch(cfg, cfg.batch_size, len(tokenizer))))
+    trainer = Trainer(cfg, device, len(tokenizer))
+    first = next(batches)
+    flops = trainer.flops_per_sample(first)
+    reset_peak_memory(device)
+    timing = trainer.time_steps(batches, warmup=2 if quick else 5, steps=3 if quick else 20)
+    samples_per_s = cfg.batch_size / timing["step_s"]
+    result = dict(samples_per_s=samples_per_s, step_s=timing["step_s"], batch_size=cfg.batch_size,
+                  flops_per_sample=flops, achieved_gflops=flops * samples_per_s / 1e9,
+                  peak_memory_mb=peak_memory_mb(device), data_wait_share=timing["data_wait_share"],
+                  first_step_s=timing["first_step_s"], compile=cfg.compile)
+    if dataset is None:
+        result["data_wait_share"] = None
+    return result, first, tokenizer, trainer.model
+
+
+@torch.no_grad()
+def bench_sample(cfg, device, model, batch: dict, quick: bool) -> dict:
+    """Seconds per clip for DDPM (all T steps) and DDIM-20, with and without guidance."""
+    diffusion = Text2SignDiffusion.from_config(cfg, device)
+    model.eval()
+    clips = min(4, batch["video"].shape[0])
+    tokens, mask = batch["tokens"][:clips].to(device), batch["token_mask"][:clips].to(device)
+    shape = (clips, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    def timed(fn, repeats: int = 1 if quick else 3, warmup: bool = True) -> float:
+        if warmup:
+            fn()
+        times = []
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    x = torch.randn(shape, device=device)
+    t = torch.full((clips,), cfg.num_timesteps // 2, device=device, dtype=torch.long)
+    out = {"clips_per_batch": clips}
+    with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        forward_s = timed(lambda: model(x, t, tokens, mask))
+        forward2_s = timed(lambda: model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([tokens, tokens]),
+                                         torch.cat([mask, mask]), torch.tensor([False] * clips + [True] * clips,
+                                                                               device=device)))
+        runs = [("ddim20", "ddim", 20), ("ddpm", "ddpm", cfg.num_timesteps)]
+        for name, sampler, steps in runs:
+            steps = min(steps, cfg.num_timesteps)
+            for guided, scale, bare in ((False, 1.0, forward_s), (True, 2.0, forward2_s)):
+                key = f"{name}{'_guided' if guided else ''}"
+                seconds = timed(lambda: diffusion.sample(model, tokens, mask, shape, sampler=sampler,
+                                                         steps=steps, guidance_scale=scale),
+                                repeats=1 if quick or sampler == "ddpm" else 2, warmup=False)
+                out[f"{key}_s_per_clip"] = seconds / clips
+                out[f"{key}_step_over_forward"] = seconds / steps / bare
+    out.update(forward_s=forward_s, forward_batch2x_s=forward2_s)
+    model.train()
+    return out
+
+
+def bench_scaling(cfg, device, vocab_size: int, quick: bool) -> dict:
+    """Training seconds per sample at 8/16/32/64 frames (preset frame size), and at two frame sizes.
+
+    Eager mode even when the preset compiles (a compile per shape would dominate the run).
+    """
+    batch_size = 2 if quick else 4
+    steps = 2 if quick else 4
+    frame_counts = [8, 16, 32, 64]
+    sizes = [cfg.frame_size_px, 2 * cfg.frame_size_px]
+
+    def seconds_per_sample(**overrides) -> float:
+        run_cfg = make_config(cfg.preset, {**cfg_overrides(cfg), **overrides, "batch_size": batch_size,
+                                           "grad_accum_steps": 1, "compile": False})
+        trainer = Trainer(run_cfg, device, vocab_size)
+        timing = trainer.time_steps(repeat(random_batch(run_cfg, batch_size, vocab_size)), warmup=1, steps=steps)
+        return timing["step_s"] / batch_size
+
+    frames = {str(f): seconds_per_sample(num_frames=f)
+              for f in frame_counts}
+    size = {str(s): seconds_per_sample(frame_size_px=s) for s in sizes}
+    return dict(batch_size=batch_size, frames=frames, frame_size_px=size,
+                frames_64_over_8=frames["64"] / frames["8"])
+
+
+def cfg_overrides(cfg) -> dict:
+    """The config's values that differ from its preset (so scaling runs keep CLI overrides)."""
+    base = make_config(cfg.preset).to_dict()
+    return {k: v for k, v in cfg.to_dict().items() if v != base[k] and k != "preset"}
+
+
+def print_report(r: dict) -> None:
+    m, tr, s, sc = r["machine"], r["train"], r["sample"], r["scaling"]
+    print(f"\n== text2sign bench | preset {r['preset']} | {m['device']} | {m['threads']} threads | torch {m['torch']}")
+    print(f"ceiling  fp32 {m['matmul_n']}^2 matmul: {m['fp32_gflops']:.1f} GFLOP/s (median of "
+          f"{len(m['fp32_gflops_samples'])}; min {min(m['fp32_gflops_samples']):.1f}, "
+          f"max {max(m['fp32_gflops_samples']):.1f})" +
+          (f" | bf16 {m['bf16_gflops']:.1f} GFLOP/s" if m.get("bf16_gflops") else ""))
+    print(f"train    {tr['samples_per_s']:.2f} samples/s | {tr['flops_per_sample'] / 1e9:.2f} GFLOP/sample | "
+          f"{tr['achieved_gflops']:.1f} GFLOP/s | MFU {100 * tr['mfu']:.1f}% | peak mem "
+          f"{tr['peak_memory_mb'] or float('nan'):.0f} MB | data wait {100 * (tr['data_wait_share'] or float('nan')):.1f}% | "
+          f"first step {tr['first_step_s']:.2f} s")
+    print(f"sample   s/clip: DDIM-20 {s['ddim20_s_per_clip']:.3f}, guided {s['ddim20_guided_s_per_clip']:.3f} | "
+          f"DDPM-{r['config']['num_timesteps']} {s['ddpm_s_per_clip']:.3f}, guided {s['ddpm_guided_s_per_clip']:.3f} | "
+          f"step / bare forward {s['ddim20_step_over_forward']:.2f} (guided {s['ddim20_guided_step_over_forward']:.2f})")
+    print("scaling  s/sample by frames: " + ", ".join(f"{k}: {v * 1e3:.1f} ms" for k, v in sc["frames"].items()) +
+          f" (64/8 = {sc['frames_64_over_8']:.1f}x) | by frame size: " +
+          ", ".join(f"{k}px: {v * 1e3:.1f} ms" for k, v in sc["frame_size_px"].items()))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--json", default="", help="also write the results to this file")
+    parser.add_argument("--quick", action="store_true", help="few repeats, 2048^2 ceiling (tests)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
+    parser.add_argument("--compile", default="", choices=["", "on", "off"], help="override cfg.compile")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: sample,scaling")
+    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="config override, e.g. --set batch_size 32")
+    args = parser.parse_args(argv)
+    try:
+        overrides = {k: parse_value(k, v) for k, v in args.set}
+        overrides["device"] = args.device if args.device != "auto" else make_config(args.preset).device
+        if args.compile:
+            overrides["compile"] = args.compile == "on"
+        cfg = make_config(args.preset, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads or cfg.num_threads:
+        torch.set_num_threads(args.threads or cfg.num_threads)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    skip = set(filter(None, args.skip.split(",")))
+    n = 2048 if args.quick else 4096
+    reps = 3 if args.quick else 5
+
+    ceiling = matmul_gflops(device, torch.float32, n, reps)
+    machine = dict(device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+                   threads=torch.get_num_threads(), torch=torch.__version__, cpu=platform.processor(),
+                   cores=os.cpu_count(), load_avg=os.getloadavg()[0], matmul_n=n)
+    if device.type == "cuda":
+        machine["bf16_gflops"] = statistics.median(matmul_gflops(device, torch.bfloat16, 8192, reps))
+    train, batch, tokenizer, model = bench_train(cfg, device, args.quick)
+    sample = {} if "sample" in skip else bench_sample(cfg, device, model, batch, args.quick)
+    scaling = {} if "scaling" in skip else bench_scaling(cfg, device, len(tokenizer), args.quick)
+    ceiling += matmul_gflops(device, torch.float32, n, reps)  # again at the end: load changes
+    machine.update(fp32_gflops=statistics.median(ceiling), fp32_gflops_samples=ceiling,
+                   load_avg_end=os.getloadavg()[0])
+    # The ceiling of the precision the training ran in: bf16 autocast on CUDA, fp32 otherwise.
+    bf16 = device.type == "cuda" and (cfg.precision == "bf16" or cfg.precision == "auto")
+    train["mfu_ceiling"] = "bf16" if bf16 else "fp32"
+    train["mfu"] = train["achieved_gflops"] / machine["bf16_gflops" if bf16 else "fp32_gflops"]
+    result = dict(preset=cfg.preset, machine=machine, config=cfg.to_dict(), train=train, sample=sample,
+                  scaling=scaling)
+    if not skip:
+        print_report(result)
+    else:
+        print(json.dumps({k: result[k] for k in ("machine", "train", "sample", "scaling")}, indent=1))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
