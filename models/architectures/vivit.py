@@ -186,11 +186,18 @@ class TextEncoder(nn.Module):
 
 
 class FinalProjection(nn.Module):
-    """The seed's stronger head: 5x5 conv, norm, ReLU (residual on x_up), 5x5 conv to RGB."""
+    """The seed's stronger head: 5x5 conv, norm, ReLU (residual on x_up), 5x5 conv to RGB.
+
+    The first conv also sees the noisy frame x_t (3 extra input channels): a learned, local skip
+    (what a U-Net's long skip gives). At low noise the clean frame is x_t minus a little noise, which
+    a token that must emit a whole 8x8 patch through `width` numbers cannot reproduce to the noise
+    level; a 5x5 conv on x_t can. Unlike the seed's bug (`final_conv(x_up) + x`, an identity added to
+    the output at every noise level) the head learns how much of x_t to use at each step.
+    """
 
     def __init__(self, channels: int, norm: str):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 5, padding=2)
+        self.conv = nn.Conv2d(channels + 3, channels, 5, padding=2)
         if norm == "group":
             self.norm = nn.GroupNorm(min(8, channels), channels)
         elif norm == "batch":
@@ -201,9 +208,10 @@ class FinalProjection(nn.Module):
         nn.init.zeros_(self.out.weight)  # untrained model outputs 0 (field notes: zero-init head)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x_up: torch.Tensor) -> torch.Tensor:
-        """x_up (B*T, C, H, W) -> (B*T, 3, H, W)."""
-        return self.out(x_up + F.relu(self.norm(self.conv(x_up))))
+    def forward(self, x_up: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """x_up (B*T, C, H, W), x_t (B*T, 3, H, W) -> (B*T, 3, H, W)."""
+        h = self.conv(torch.cat([x_up, x_t], dim=1))
+        return self.out(x_up + F.relu(self.norm(h)))
 
 
 class ViViTDenoiser(nn.Module):
@@ -262,7 +270,8 @@ class ViViTDenoiser(nn.Module):
         shift, scale = self.ada_out(cond)[:, None, None, :].chunk(2, dim=-1)
         h = self.unpatch(modulate(self.norm_out(h), shift, scale, self.modulation_weight))
         x_up = self.unpatchify(h)  # (B*T, C, H, W): pixel-space features, frames folded into batch
-        out = self.output_scale * self.head(x_up)
+        x_frames = x.transpose(1, 2).reshape(b * frames, 3, height, width_px)
+        out = self.output_scale * self.head(x_up, x_frames.contiguous(memory_format=torch.channels_last))
         out = out.reshape(b, frames, 3, height, width_px).transpose(1, 2)
         return out + x if self.residual_input else out
 
