@@ -87,10 +87,16 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any], keep: int
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint state is missing keys {missing}")
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1 (the new checkpoint itself), got {keep}")
     folder = Path(run_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"ckpt_{state['step']:08d}.pt"
     tmp = folder / f".tmp_ckpt_{state['step']:08d}_{os.getpid()}.pt"
+    # Temp files of a process killed mid-save (SIGKILL, power loss) are never valid checkpoints and
+    # can be as large as one: remove them so they cannot fill the disk over repeated crashes.
+    for stale in folder.glob(".tmp_ckpt_*.pt"):
+        stale.unlink(missing_ok=True)
     try:
         with open(tmp, "wb") as fh:
             torch.save(state, fh)
