@@ -61,6 +61,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
+    """Train; returns the exit code. Signal handlers are put back afterwards, so a caller of main()
+    (tests, notebooks) keeps its own Ctrl-C behaviour."""
+    previous_handlers = {sig: signal.getsignal(sig) for sig in EXIT_SIGNAL}
+    try:
+        return train(argv)
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+
+def train(argv: list[str]) -> int:
     # --- config ----------------------------------------------------------------------------------
     try:
         cfg, dry_run = parse_cli(argv)
@@ -96,7 +107,11 @@ def main(argv: list[str]) -> int:
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed)
 
     out_dir = run_dir(cfg)
-    found = load_latest(out_dir, "cpu", log=log)
+    try:
+        found = load_latest(out_dir, "cpu", log=log)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     state = found[0] if found else None
     if state is not None:
         mismatch = model_config_mismatch(state["config"], cfg)
@@ -115,7 +130,10 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"dataset '{cfg.dataset}' sample 0 has video shape {tuple(first['video'].shape)}, "
                          f"expected {expected}")
     prompt_split = "test" if cfg.dataset == "synthetic" else "val"
-    sample_prompts = list(build_dataset(cfg, prompt_split).captions[: cfg.num_sample_prompts])
+    # Fixed prompts for the periodic samples; a caption with no training word would be rejected by
+    # encode_prompts (see pipeline.py), so such captions are skipped here rather than at sampling time.
+    sample_prompts = [c for c in build_dataset(cfg, prompt_split).captions
+                      if len(tokenizer.unknown_words(c)) < len(tokenizer.encode(c, 10**6))][: cfg.num_sample_prompts]
 
     # --- model, EMA, optimizer, resume ------------------------------------------------------------
     model = build_model(cfg, len(tokenizer)).to(device)
