@@ -199,8 +199,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default demo on a 2-core CPU (about 15 minutes). Uniform x0 loss and extra weight on the
     # moving pixels: in a 400-step probe the seed's snr_clamp weighting (which puts 100x more weight
     # on the low-noise steps) left the hands still (motion ratio 0.06); this made them move (1.01).
-    "cpu": dict(max_steps=1000, loss_weighting="none", motion_loss_weight=4.0, sample_every_steps=250,
-                checkpoint_every_steps=250),
+    "cpu": dict(max_steps=600, loss_weighting="none", motion_loss_weight=4.0, sample_every_steps=200,
+                checkpoint_every_steps=200),
     # A longer CPU run (about an hour) for the higher sign-fidelity targets.
     "cpu_long": dict(max_steps=4000, loss_weighting="none", motion_loss_weight=4.0,
                      sample_every_steps=1000, checkpoint_every_steps=500),

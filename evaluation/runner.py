@@ -86,7 +86,8 @@ def prompt_ranking(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokeni
             out = model(x_t, t, tokens.to(device), mask.to(device))
             target = training_target(diffusion.sched, diffusion.prediction_type, x0, t[:1], noise)
             losses += ((out.float() - target) ** 2).mean(dim=(1, 2, 3, 4)).cpu()
-        correct += int(losses.argmin() == 0)
+        # Strictly lowest: a text-blind model ties every candidate and must not score.
+        correct += int(bool((losses[0] < losses[1:]).all()))
     return correct / len(refs)
 
 
