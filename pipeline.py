@@ -68,11 +68,25 @@ def load_run(*, experiment: str | None = None, checkpoint: str | None = None,
     cfg = config_from_dict(state["config"])
     tokenizer = Tokenizer.from_state(state["tokenizer"])
     model = build_model(cfg, len(tokenizer))
-    model.load_state_dict(state["ema" if use_ema else "model"])
+    weights = state["ema" if use_ema else "model"]
+    missing = sorted(set(model.state_dict()) - set(weights))
+    unexpected = sorted(set(weights) - set(model.state_dict()))
+    if missing or unexpected:  # e.g. a checkpoint from a code version with other model settings
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model its config describes (missing "
+            f"{_few(missing)}; unexpected {_few(unexpected)}); was it written by another version "
+            "of models/architectures/vivit.py?")
+    model.load_state_dict(weights)
     device = torch.device(device)
     model.to(device).eval()
     return LoadedRun(cfg, model, Text2SignDiffusion.from_config(cfg, device), tokenizer,
                      int(state["step"]), path)
+
+
+def _few(keys: list[str], shown: int = 3) -> str:
+    if not keys:
+        return "none"
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def encode_prompts(tokenizer: Tokenizer, prompts: list[str], max_len: int,

@@ -46,8 +46,9 @@ def _randomized(cfg):
     return model.eval()
 
 
-def test_word_order_changes_output():
-    cfg = make_config("tiny")
+@pytest.mark.parametrize("frame_cond_depth", [0, 1])
+def test_word_order_changes_output(frame_cond_depth):
+    cfg = make_config("tiny", dict(frame_cond_depth=frame_cond_depth))
     model = _randomized(cfg)
     x, t, _, _ = _inputs(cfg, batch=1)
     a = torch.tensor([[5, 9]])
@@ -56,8 +57,9 @@ def test_word_order_changes_output():
     assert (model(x, t, a, mask) - model(x, t, b, mask)).abs().max() > 1e-4
 
 
-def test_padding_does_not_change_output_and_null_text_does():
-    cfg = make_config("tiny")
+@pytest.mark.parametrize("frame_cond_depth", [0, 1])
+def test_padding_does_not_change_output_and_null_text_does(frame_cond_depth):
+    cfg = make_config("tiny", dict(frame_cond_depth=frame_cond_depth))
     model = _randomized(cfg)
     x, t, _, _ = _inputs(cfg, batch=1)
     short = model(x, t, torch.tensor([[5, 9]]), torch.tensor([[True, True]]))
@@ -85,6 +87,18 @@ def test_frames_interact_through_temporal_attention():
     y[:, :, -1] += 1.0  # change only the last frame
     diff = (model(x, t, tokens, mask) - model(y, t, tokens, mask)).abs()
     assert diff[:, :, 0].max() > 1e-5
+
+
+def test_frame_conditioning_differs_per_frame_and_trains():
+    cfg = make_config("tiny", dict(frame_cond_depth=1))
+    model = _randomized(cfg).train()
+    x, t, tokens, mask = _inputs(cfg, batch=2)
+    ctx, ctx_mask = model.text(tokens, mask, None)
+    per_frame = model.frame_cond(ctx, ctx_mask)
+    assert per_frame.shape == (2, cfg.num_frames, 32)
+    assert (per_frame[:, 0] - per_frame[:, -1]).abs().max() > 1e-4  # frames get different vectors
+    model(x, t, tokens, mask).square().mean().backward()
+    assert model.frame_cond.queries.grad.abs().max() > 0
 
 
 def test_batchnorm_option_builds():

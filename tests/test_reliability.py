@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -278,6 +279,17 @@ def test_different_model_settings_fail_naming_keys(tmp_path, capsys):
     assert "different model settings" in err and "decoder_channels: checkpoint 8 vs requested 4" in err
     assert "text_depth: checkpoint 1 vs requested 2" in err and "model_size" not in err
     assert {p: p.read_bytes() for p in checkpoint_paths(tmp_path / "run")} == before
+
+
+def test_weights_that_do_not_fit_the_config_are_named(tmp_path):
+    """A checkpoint whose tensors do not match the model its own config builds (another code
+    version) fails with the file and the keys, not a bare load_state_dict traceback."""
+    state = make_state(make_config("tiny"))
+    dropped = next(iter(state["ema"]))
+    del state["ema"][dropped]
+    path = save_checkpoint(tmp_path / "run", state, keep=2)
+    with pytest.raises(CheckpointError, match=rf"{path.name}.*missing {re.escape(dropped)}"):
+        load_run(checkpoint=str(path))
 
 
 # --- rule 6 (config): rejection before any work, round trip through a checkpoint -----------------

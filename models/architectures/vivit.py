@@ -5,8 +5,9 @@ spatial attention within each frame, then temporal attention across frames at ea
 then cross-attention from every video token to the text tokens, then an MLP. All tokens are kept
 (the factorized *encoder*, which pools a frame to one token, cannot produce a dense output).
 
-Timestep conditioning is adaLN: the sinusoidal timestep embedding (plus the pooled text) goes
-through an MLP to per-block shift/scale/gate vectors. The shift and scale enter with weight
+Timestep conditioning is adaLN: the sinusoidal timestep embedding (plus the pooled text, plus one
+text vector per frame from `FrameAligner`) goes through an MLP to per-block, per-frame
+shift/scale/gate vectors. The shift and scale enter with weight
 `temporal_modulation_weight` (the seed's "temporal modulation", raised from 0.1 to 0.5); the gates
 are zero-initialised (DiT's adaLN-Zero) so every block starts as the identity.
 
@@ -130,10 +131,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: torch.Tensor,
                 ctx_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, T, N, D) tokens; c (B, D) conditioning; ctx (B, S, D) text; ctx_mask (B, S)."""
+        """x (B, T, N, D) tokens; c (B, T, D) per-frame conditioning; ctx (B, S, D) text; ctx_mask (B, S)."""
         b, t, n, d = x.shape
         w = self.modulation_weight
-        mods = self.ada(c)[:, None, None, :].chunk(10, dim=-1)
+        mods = self.ada(c)[:, :, None, :].chunk(10, dim=-1)
         sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m, g_c = mods
         x = torch.addcmul(x, g_s, self.attn_s(modulate(self.norm_s(x), sh_s, sc_s, w), seq_dim=2))
         x = torch.addcmul(x, g_t, self.attn_t(modulate(self.norm_t(x), sh_t, sc_t, w), seq_dim=1))
@@ -185,19 +186,50 @@ class TextEncoder(nn.Module):
         return x, mask
 
 
+class FrameAligner(nn.Module):
+    """Text -> one conditioning vector per (latent) frame, fed to every block's adaLN.
+
+    Learned frame queries attend to each other (so a frame knows how many signs the sentence holds)
+    and to the text tokens (which word is being signed now), like a small DETR/Perceiver decoder.
+    Why: with only per-token cross-attention, each of the T*N video tokens must discover the
+    text-to-time alignment on its own, and in 600-step demos the samples ignored the text (gloss
+    accuracy at chance, docs/experiments.md). Here 16 queries learn it once and the answer modulates
+    every token of that frame in every block, the direct path a text -> motion mapping needs.
+    """
+
+    def __init__(self, width: int, heads: int, depth: int, frames: int, mlp_ratio: float):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(frames, width) * 0.02)
+        self.layers = nn.ModuleList(
+            nn.ModuleList([nn.LayerNorm(width), Attention(width, heads), nn.LayerNorm(width),
+                           Attention(width, heads, cross=True), nn.LayerNorm(width),
+                           MLP(width, mlp_ratio)]) for _ in range(depth))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
+
+    def forward(self, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> torch.Tensor:
+        """ctx (B, S, D), ctx_mask (B, S) -> (B, frames, D)."""
+        x = self.queries.expand(ctx.shape[0], -1, -1)
+        for norm_s, attn_s, norm_c, attn_c, norm_m, mlp in self.layers:
+            x = x + attn_s(norm_s(x))
+            x = x + attn_c(norm_c(x), ctx, ctx_mask)
+            x = x + mlp(norm_m(x))
+        return self.out(x)
+
+
 class FinalProjection(nn.Module):
     """The seed's stronger head: 5x5 conv, norm, ReLU (residual on x_up), 5x5 conv to RGB.
 
     The first conv also sees the noisy frame x_t (3 extra input channels): a learned, local skip
     (what a U-Net's long skip gives). At low noise the clean frame is x_t minus a little noise, which
     a token that must emit a whole 8x8 patch through `width` numbers cannot reproduce to the noise
-    level; a 5x5 conv on x_t can. Unlike the seed's bug (`final_conv(x_up) + x`, an identity added to
+    level; a 5x5 conv on x_t can (`sees_input`). Unlike the seed's bug (`final_conv(x_up) + x`, an identity added to
     the output at every noise level) the head learns how much of x_t to use at each step.
     """
 
-    def __init__(self, channels: int, norm: str):
+    def __init__(self, channels: int, norm: str, sees_input: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(channels + 3, channels, 5, padding=2)
+        self.sees_input = sees_input
+        self.conv = nn.Conv2d(channels + 3 * sees_input, channels, 5, padding=2)
         if norm == "group":
             self.norm = nn.GroupNorm(min(8, channels), channels)
         elif norm == "batch":
@@ -210,7 +242,7 @@ class FinalProjection(nn.Module):
 
     def forward(self, x_up: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
         """x_up (B*T, C, H, W), x_t (B*T, 3, H, W) -> (B*T, 3, H, W)."""
-        h = self.conv(torch.cat([x_up, x_t], dim=1))
+        h = self.conv(torch.cat([x_up, x_t], dim=1) if self.sees_input else x_up)
         return self.out(x_up + F.relu(self.norm(h)))
 
 
@@ -219,7 +251,7 @@ class ViViTDenoiser(nn.Module):
 
     def __init__(self, *, vocab_size: int, num_frames: int, frame_size_px: int, patch_size_px: int,
                  tubelet_frames: int, width: int, depth: int, heads: int, mlp_ratio: float,
-                 text_depth: int, max_text_len_tokens: int, decoder_channels: int, final_norm: str,
+                 text_depth: int, frame_cond_depth: int, max_text_len_tokens: int, decoder_channels: int, final_norm: str,
                  output_scale_init: float, temporal_modulation_weight: float, residual_input: bool,
                  activation_checkpointing: bool = False):
         super().__init__()
@@ -239,6 +271,8 @@ class ViViTDenoiser(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
         self.text = TextEncoder(vocab_size, width, heads, text_depth, max_text_len_tokens, mlp_ratio)
         self.text_pool = nn.Linear(width, width)
+        self.frame_cond = (FrameAligner(width, heads, frame_cond_depth, self.grid_t, mlp_ratio)
+                           if frame_cond_depth else None)
         self.blocks = nn.ModuleList(
             Block(width, heads, mlp_ratio, temporal_modulation_weight) for _ in range(depth))
         self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -247,7 +281,9 @@ class ViViTDenoiser(nn.Module):
         nn.init.zeros_(self.ada_out[1].bias)
         self.modulation_weight = temporal_modulation_weight
         self.unpatch = nn.Linear(width, tubelet_frames * patch_size_px**2 * decoder_channels)
-        self.head = FinalProjection(decoder_channels, final_norm)
+        # The historical variant keeps the seed's head, which saw only x_up: with x_t as an input
+        # the head could learn to cancel the residual and the diagnostics could not reproduce it.
+        self.head = FinalProjection(decoder_channels, final_norm, sees_input=not residual_input)
         self.output_scale = nn.Parameter(torch.tensor(float(output_scale_init)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
@@ -261,13 +297,15 @@ class ViViTDenoiser(nn.Module):
         h = (h + self.pos_spatial + self.pos_temporal[:, None, :]).contiguous()  # (B, T', N, D)
         ctx, ctx_mask = self.text(tokens, token_mask, drop_text)
         pooled = (ctx * ctx_mask[..., None]).sum(1) / ctx_mask.sum(1, keepdim=True)
-        cond = self.time_mlp(timestep_embedding(t, 256)) + self.text_pool(pooled)
+        cond = (self.time_mlp(timestep_embedding(t, 256)) + self.text_pool(pooled))[:, None, :]
+        if self.frame_cond is not None:
+            cond = cond + self.frame_cond(ctx, ctx_mask)  # (B, T', D): one vector per frame
         for block in self.blocks:
             if self.activation_checkpointing and self.training:
                 h = checkpoint(block, h, cond, ctx, ctx_mask, use_reentrant=False)
             else:
                 h = block(h, cond, ctx, ctx_mask)
-        shift, scale = self.ada_out(cond)[:, None, None, :].chunk(2, dim=-1)
+        shift, scale = self.ada_out(cond)[:, :, None, :].chunk(2, dim=-1)
         h = self.unpatch(modulate(self.norm_out(h), shift, scale, self.modulation_weight))
         x_up = self.unpatchify(h)  # (B*T, C, H, W): pixel-space features, frames folded into batch
         x_frames = x.transpose(1, 2).reshape(b * frames, 3, height, width_px)
