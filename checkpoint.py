@@ -141,6 +141,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Strict load of `weights` into `module`; a key mismatch (a checkpoint from a code version with
+    other model settings) raises CheckpointError naming the file and the keys."""
+    expected = module.state_dict().keys()
+    missing, unexpected = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model its config describes (missing "
+            f"{_few(missing)}; unexpected {_few(unexpected)}); was it written by another version "
+            "of models/architectures/vivit.py?")
+    module.load_state_dict(weights)
+
+
+def _few(keys: list[str], shown: int = 3) -> str:
+    if not keys:
+        return "none"
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
 def load_latest(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu",
                 log=print) -> tuple[dict[str, Any], Path] | None:
     """The newest loadable checkpoint of a run (falling back past corrupt ones), or None if none."""

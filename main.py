@@ -24,7 +24,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from checkpoint import FORMAT_VERSION, CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state, unwrap
+from checkpoint import (FORMAT_VERSION, CheckpointError, load_latest, load_weights, rng_state,
+                        save_checkpoint, set_rng_state, unwrap)
 from config import ConfigError, dump_yaml, parse_cli
 from data import build_dataset, make_train_loader
 from data.text import Tokenizer
@@ -143,8 +144,12 @@ def train(argv: list[str]) -> int:
     diffusion = Text2SignDiffusion.from_config(cfg, device)
     start_step = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.module.load_state_dict(state["ema"])
+        try:
+            load_weights(model, state["model"], found[1])
+            load_weights(ema.module, state["ema"], found[1])
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         ema.n_averaged.fill_(state["ema_num_updates"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from checkpoint import CheckpointError, load_checkpoint, load_latest
+from checkpoint import CheckpointError, load_checkpoint, load_latest, load_weights
 from config import Config, config_from_dict
 from data.text import Tokenizer
 from data.video_io import to_uint8_frames, upscale, write_gif, write_mp4
@@ -68,25 +68,11 @@ def load_run(*, experiment: str | None = None, checkpoint: str | None = None,
     cfg = config_from_dict(state["config"])
     tokenizer = Tokenizer.from_state(state["tokenizer"])
     model = build_model(cfg, len(tokenizer))
-    weights = state["ema" if use_ema else "model"]
-    missing = sorted(set(model.state_dict()) - set(weights))
-    unexpected = sorted(set(weights) - set(model.state_dict()))
-    if missing or unexpected:  # e.g. a checkpoint from a code version with other model settings
-        raise CheckpointError(
-            f"{path}: its weights do not fit the model its config describes (missing "
-            f"{_few(missing)}; unexpected {_few(unexpected)}); was it written by another version "
-            "of models/architectures/vivit.py?")
-    model.load_state_dict(weights)
+    load_weights(model, state["ema" if use_ema else "model"], path)
     device = torch.device(device)
     model.to(device).eval()
     return LoadedRun(cfg, model, Text2SignDiffusion.from_config(cfg, device), tokenizer,
                      int(state["step"]), path)
-
-
-def _few(keys: list[str], shown: int = 3) -> str:
-    if not keys:
-        return "none"
-    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def encode_prompts(tokenizer: Tokenizer, prompts: list[str], max_len: int,

@@ -281,7 +281,7 @@ def test_different_model_settings_fail_naming_keys(tmp_path, capsys):
     assert {p: p.read_bytes() for p in checkpoint_paths(tmp_path / "run")} == before
 
 
-def test_weights_that_do_not_fit_the_config_are_named(tmp_path):
+def test_weights_that_do_not_fit_the_config_are_named(tmp_path, capsys):
     """A checkpoint whose tensors do not match the model its own config builds (another code
     version) fails with the file and the keys, not a bare load_state_dict traceback."""
     state = make_state(make_config("tiny"))
@@ -290,6 +290,10 @@ def test_weights_that_do_not_fit_the_config_are_named(tmp_path):
     path = save_checkpoint(tmp_path / "run", state, keep=2)
     with pytest.raises(CheckpointError, match=rf"{path.name}.*missing {re.escape(dropped)}"):
         load_run(checkpoint=str(path))
+    # Resuming training goes through the same check (checkpoint.load_weights): exit 2, no traceback.
+    code = train_main.main(argv(tmp_path, "run"))
+    err = capsys.readouterr().err
+    assert code == 2 and "do not fit the model" in err and "Traceback" not in err
 
 
 # --- rule 6 (config): rejection before any work, round trip through a checkpoint -----------------

@@ -5,9 +5,9 @@ spatial attention within each frame, then temporal attention across frames at ea
 then cross-attention from every video token to the text tokens, then an MLP. All tokens are kept
 (the factorized *encoder*, which pools a frame to one token, cannot produce a dense output).
 
-Timestep conditioning is adaLN: the sinusoidal timestep embedding (plus the pooled text, plus one
-text vector per frame from `FrameAligner`) goes through an MLP to per-block, per-frame
-shift/scale/gate vectors. The shift and scale enter with weight
+Timestep conditioning is adaLN: the sinusoidal timestep embedding (plus the pooled text, plus,
+when `frame_cond_depth` > 0, one text vector per frame from `FrameAligner`) goes through an MLP to
+per-block, per-frame shift/scale/gate vectors. The shift and scale enter with weight
 `temporal_modulation_weight` (the seed's "temporal modulation", raised from 0.1 to 0.5); the gates
 are zero-initialised (DiT's adaLN-Zero) so every block starts as the identity.
 
@@ -131,7 +131,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: torch.Tensor,
                 ctx_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, T, N, D) tokens; c (B, T, D) per-frame conditioning; ctx (B, S, D) text; ctx_mask (B, S)."""
+        """x (B, T, N, D) tokens; c (B, 1 or T, D) conditioning; ctx (B, S, D) text; ctx_mask (B, S)."""
         b, t, n, d = x.shape
         w = self.modulation_weight
         mods = self.ada(c)[:, :, None, :].chunk(10, dim=-1)
@@ -222,8 +222,8 @@ class FinalProjection(nn.Module):
     The first conv also sees the noisy frame x_t (3 extra input channels): a learned, local skip
     (what a U-Net's long skip gives). At low noise the clean frame is x_t minus a little noise, which
     a token that must emit a whole 8x8 patch through `width` numbers cannot reproduce to the noise
-    level; a 5x5 conv on x_t can (`sees_input`). Unlike the seed's bug (`final_conv(x_up) + x`, an identity added to
-    the output at every noise level) the head learns how much of x_t to use at each step.
+    level; a 5x5 conv on x_t can (`sees_input`). Unlike the seed's bug (`final_conv(x_up) + x`, an
+    identity added to the output at every noise level) the head learns how much of x_t to use.
     """
 
     def __init__(self, channels: int, norm: str, sees_input: bool = True):
@@ -251,7 +251,8 @@ class ViViTDenoiser(nn.Module):
 
     def __init__(self, *, vocab_size: int, num_frames: int, frame_size_px: int, patch_size_px: int,
                  tubelet_frames: int, width: int, depth: int, heads: int, mlp_ratio: float,
-                 text_depth: int, frame_cond_depth: int, max_text_len_tokens: int, decoder_channels: int, final_norm: str,
+                 text_depth: int, frame_cond_depth: int, max_text_len_tokens: int,
+                 decoder_channels: int, final_norm: str,
                  output_scale_init: float, temporal_modulation_weight: float, residual_input: bool,
                  activation_checkpointing: bool = False):
         super().__init__()
