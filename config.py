@@ -54,6 +54,7 @@ class Config:
     mlp_ratio: float = 4.0  # transformer MLP hidden width / model width
     text_depth: int = 2  # layers of the text transformer
     frame_cond_depth: int = 0  # layers of the text -> per-frame adaLN decoder (FrameAligner); 0 = off
+    long_skips: bool = False  # U-ViT long skips: block i's output feeds block depth-1-i
     decoder_channels: int = 16  # channels of x_up, the pixel-space features before the final projection
     final_norm: str = "group"  # group | batch: normalization in the final projection (seed used batch)
     output_scale_init: float = 0.5  # initial value of the learnable output_scale (seed: 0.5)
@@ -72,6 +73,7 @@ class Config:
     weight_max_snr: float = 10.0  # snr_clamp upper clamp on SNR (seed: 10.0)
     min_snr_gamma: float = 5.0  # min_snr's gamma (Hang et al. 2023)
     motion_loss_weight: float = 0.0  # extra loss weight on pixels that move in the clean clip
+    timestep_sampling_power: float = 0.0  # training t ~ (t+1)^power; 0 = uniform, 1-2 favour high noise
     cond_drop_prob: float = 0.1  # training: probability of replacing the text by the null text
     guidance_scale: float = 1.0  # sampling: classifier-free guidance scale (1 = conditional only)
     sampler: str = "ddim"  # ddim | ddpm
@@ -127,7 +129,8 @@ POSITIVE = (
 )
 NON_NEGATIVE = (
     "num_threads", "num_workers", "sample_fps", "warmup_steps", "weight_decay", "grad_clip_norm",
-    "sample_every_steps", "motion_loss_weight", "frame_cond_depth", "min_lr_ratio", "ddim_eta",
+    "sample_every_steps", "motion_loss_weight", "timestep_sampling_power", "frame_cond_depth",
+    "min_lr_ratio", "ddim_eta",
     "max_bad_clip_fraction",
     "output_scale_init", "temporal_modulation_weight",
 )

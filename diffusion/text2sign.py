@@ -167,7 +167,8 @@ class Text2SignDiffusion:
                  loss_weighting: str = "snr_clamp", use_timestep_weighting: bool = True,
                  weight_min_snr: float = 0.1, weight_max_snr: float = 10.0,
                  min_snr_gamma: float = 5.0, motion_loss_weight: float = 0.0,
-                 cond_drop_prob: float = 0.1, device: torch.device | str = "cpu"):
+                 cond_drop_prob: float = 0.1, timestep_sampling_power: float = 0.0,
+                 device: torch.device | str = "cpu"):
         self.sched = Schedule.create(beta_schedule, num_timesteps, zero_terminal_snr, device)
         self.prediction_type = prediction_type
         self.loss_weighting = loss_weighting if use_timestep_weighting else "none"
@@ -175,6 +176,11 @@ class Text2SignDiffusion:
         self.min_snr_gamma = min_snr_gamma
         self.motion_loss_weight = motion_loss_weight
         self.cond_drop_prob = cond_drop_prob
+        # p(t) ∝ (t + 1)^power: power 0 is uniform; > 0 spends more of each batch at high noise,
+        # where the text decides the layout (at low noise x_t already shows where the hands are).
+        steps = torch.arange(1, num_timesteps + 1, dtype=torch.float64, device=device)
+        self.timestep_probs = (steps ** timestep_sampling_power / (steps ** timestep_sampling_power).sum()).float()
+        self.timestep_sampling_power = timestep_sampling_power
 
     @classmethod
     def from_config(cls, cfg, device: torch.device | str = "cpu") -> "Text2SignDiffusion":
@@ -183,7 +189,8 @@ class Text2SignDiffusion:
                    loss_weighting=cfg.loss_weighting, use_timestep_weighting=cfg.use_timestep_weighting,
                    weight_min_snr=cfg.weight_min_snr, weight_max_snr=cfg.weight_max_snr,
                    min_snr_gamma=cfg.min_snr_gamma, motion_loss_weight=cfg.motion_loss_weight,
-                   cond_drop_prob=cfg.cond_drop_prob, device=device)
+                   cond_drop_prob=cfg.cond_drop_prob,
+                   timestep_sampling_power=cfg.timestep_sampling_power, device=device)
 
     @property
     def num_timesteps(self) -> int:
@@ -211,9 +218,13 @@ class Text2SignDiffusion:
 
     def draw_training_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                             device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-        """(t (B,), noise shape, drop_text (B,)) for one batch: t uniform, text dropped w.p. cond_drop_prob."""
+        """(t (B,), noise shape, drop_text (B,)) for one batch: t ~ timestep_probs (uniform unless
+        timestep_sampling_power > 0), text dropped w.p. cond_drop_prob."""
         b = shape[0]
-        t = torch.randint(0, self.num_timesteps, (b,), device=device, generator=generator)
+        if self.timestep_sampling_power == 0:
+            t = torch.randint(0, self.num_timesteps, (b,), device=device, generator=generator)
+        else:
+            t = torch.multinomial(self.timestep_probs.to(device), b, replacement=True, generator=generator)
         noise = torch.randn(shape, device=device, generator=generator)
         drop = torch.rand(b, device=device, generator=generator) < self.cond_drop_prob
         return t, noise, drop

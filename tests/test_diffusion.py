@@ -166,3 +166,18 @@ def test_training_loss_uses_weighting_and_motion_mask():
     out = diff.training_losses(_Linear(), x0, torch.ones(2, 1, dtype=torch.long),
                                torch.ones(2, 1, dtype=torch.bool), torch.Generator().manual_seed(0))
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"]) and out["per_sample"].shape == (2,)
+
+
+def test_timestep_sampling_power_shifts_t_by_the_formula():
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    uniform = Text2SignDiffusion(num_timesteps=50)
+    t0, _, _ = uniform.draw_training_noise((20000, 1), gen())
+    assert abs(t0.float().mean().item() - 24.5) < 0.5  # uniform over 0..49
+    biased = Text2SignDiffusion(num_timesteps=50, timestep_sampling_power=1.0)
+    t1, _, _ = biased.draw_training_noise((20000, 1), gen())
+    steps = torch.arange(1, 51, dtype=torch.float64)
+    expected_mean = ((steps - 1) * steps).sum() / steps.sum()  # p(t) ∝ t + 1
+    assert abs(t1.double().mean().item() - expected_mean.item()) < 0.5
+    assert (t1 >= 25).double().mean().item() > 0.7  # ~3/4 of the batch in the noisier half
+    t1_again, _, _ = biased.draw_training_noise((20000, 1), gen())
+    assert torch.equal(t1, t1_again)

@@ -112,3 +112,17 @@ def test_wrong_input_shape_is_named():
     x, t, tokens, mask = _inputs(cfg)
     with pytest.raises(ValueError, match="expected x of shape"):
         model(x[:, :, :2], t, tokens, mask)
+
+
+def test_long_skips_start_as_identity_and_carry_signal():
+    cfg = make_config("tiny", dict(model_size="S"))  # depth 6: two U-ViT skips
+    plain = _randomized(cfg)
+    skipped = build_model(make_config("tiny", dict(model_size="S", long_skips=True)), 50).eval()
+    missing, unexpected = skipped.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["skips.0.bias", "skips.0.weight", "skips.1.bias", "skips.1.weight"]
+    assert not unexpected
+    x, t, tokens, mask = _inputs(cfg)
+    with torch.no_grad():
+        assert torch.allclose(skipped(x, t, tokens, mask), plain(x, t, tokens, mask), atol=1e-6)
+        skipped.skips[0].weight[:, skipped.width:].normal_(0, 0.05)  # open the skip
+        assert (skipped(x, t, tokens, mask) - plain(x, t, tokens, mask)).abs().max() > 1e-4

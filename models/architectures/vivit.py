@@ -254,7 +254,7 @@ class ViViTDenoiser(nn.Module):
                  text_depth: int, frame_cond_depth: int, max_text_len_tokens: int,
                  decoder_channels: int, final_norm: str,
                  output_scale_init: float, temporal_modulation_weight: float, residual_input: bool,
-                 activation_checkpointing: bool = False):
+                 activation_checkpointing: bool = False, long_skips: bool = False):
         super().__init__()
         if frame_size_px % patch_size_px or num_frames % tubelet_frames:
             raise ValueError("frame_size_px / num_frames must be divisible by patch / tubelet size")
@@ -276,6 +276,16 @@ class ViViTDenoiser(nn.Module):
                            if frame_cond_depth else None)
         self.blocks = nn.ModuleList(
             Block(width, heads, mlp_ratio, temporal_modulation_weight) for _ in range(depth))
+        # U-ViT long skips (Bao et al. 2023): block i's output joins block depth-1-i's input through
+        # a linear on the concatenation. Initialised to pass the stream through unchanged, so the
+        # model still starts as the identity (adaLN-Zero) and learns how much of the skip to use.
+        self.skips = nn.ModuleList(nn.Linear(2 * width, width) for _ in range((depth - 1) // 2)
+                                   ) if long_skips else nn.ModuleList()
+        for skip in self.skips:
+            nn.init.zeros_(skip.weight)
+            nn.init.zeros_(skip.bias)
+            with torch.no_grad():
+                skip.weight[:, :width].copy_(torch.eye(width))
         self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         nn.init.zeros_(self.ada_out[1].weight)
@@ -301,11 +311,16 @@ class ViViTDenoiser(nn.Module):
         cond = (self.time_mlp(timestep_embedding(t, 256)) + self.text_pool(pooled))[:, None, :]
         if self.frame_cond is not None:
             cond = cond + self.frame_cond(ctx, ctx_mask)  # (B, T', D): one vector per frame
-        for block in self.blocks:
+        saved, first_out = [], len(self.blocks) - len(self.skips)
+        for i, block in enumerate(self.blocks):
+            if i >= first_out:
+                h = self.skips[i - first_out](torch.cat([h, saved.pop()], dim=-1))
             if self.activation_checkpointing and self.training:
                 h = checkpoint(block, h, cond, ctx, ctx_mask, use_reentrant=False)
             else:
                 h = block(h, cond, ctx, ctx_mask)
+            if i < len(self.skips):
+                saved.append(h)
         shift, scale = self.ada_out(cond)[:, :, None, :].chunk(2, dim=-1)
         h = self.unpatch(modulate(self.norm_out(h), shift, scale, self.modulation_weight))
         x_up = self.unpatchify(h)  # (B*T, C, H, W): pixel-space features, frames folded into batch
