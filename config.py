@@ -73,6 +73,7 @@ class Config:
     weight_max_snr: float = 10.0  # snr_clamp upper clamp on SNR (seed: 10.0)
     min_snr_gamma: float = 5.0  # min_snr's gamma (Hang et al. 2023)
     motion_loss_weight: float = 0.0  # extra loss weight on pixels that move in the clean clip
+    noise_shared_frac: float = 0.0  # share of the noise variance common to all frames (PYoCo); 0 = iid
     timestep_sampling_power: float = 0.0  # training t ~ (t+1)^power; 0 = uniform, 1-2 favour high noise
     cond_drop_prob: float = 0.1  # training: probability of replacing the text by the null text
     guidance_scale: float = 1.0  # sampling: classifier-free guidance scale (1 = conditional only)
@@ -167,6 +168,8 @@ def validate(cfg: Config) -> None:
     if cfg.weight_min_snr > cfg.weight_max_snr:
         raise ConfigError(f"config keys 'weight_min_snr'={cfg.weight_min_snr} > 'weight_max_snr'="
                           f"{cfg.weight_max_snr}")
+    if not 0.0 <= cfg.noise_shared_frac < 1.0:
+        raise ConfigError(f"config key 'noise_shared_frac': must be in [0, 1), got {cfg.noise_shared_frac}")
     if not 0.0 <= cfg.cond_drop_prob < 1.0:
         raise ConfigError(f"config key 'cond_drop_prob': must be in [0, 1), got {cfg.cond_drop_prob}")
     if cfg.sampling_steps > cfg.num_timesteps:
@@ -204,8 +207,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default demo on a 2-core CPU (about 15 minutes). Uniform x0 loss and extra weight on the
     # moving pixels: in a 400-step probe the seed's snr_clamp weighting (which puts 100x more weight
     # on the low-noise steps) left the hands still (motion ratio 0.06); this made them move (1.01).
-    "cpu": dict(max_steps=600, loss_weighting="none", motion_loss_weight=4.0, sample_every_steps=200,
-                checkpoint_every_steps=200),
+    "cpu": dict(max_steps=1100, tubelet_frames=2, decoder_channels=8, loss_weighting="none",
+                motion_loss_weight=4.0, sample_every_steps=550, checkpoint_every_steps=275),
     # A longer CPU run (under an hour on 2 cores at ~12 samples/s) for the higher targets.
     "cpu_long": dict(max_steps=2400, loss_weighting="none", motion_loss_weight=4.0,
                      sample_every_steps=800, checkpoint_every_steps=400),

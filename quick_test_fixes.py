@@ -24,7 +24,8 @@ from config import make_config
 from data import build_dataset
 from data.text import Tokenizer
 from diffusion.text2sign import Text2SignDiffusion
-from evaluation.timesteps import THRESHOLDS, format_table, thresholds_help, timestep_table, verdict
+from evaluation.timesteps import (THRESHOLDS, add_text_gain, format_table, format_text_gain,
+                                  thresholds_help, timestep_table, verdict)
 from models import build_model
 
 # The self-check's one config, shared by both variants (HISTORICAL adds the seed's pre-repair
@@ -165,6 +166,13 @@ def check_run(args) -> tuple[dict, int]:
     rows = timestep_table(run.model, run.diffusion, videos, tokens, mask, timesteps, seed=args.seed)
     print()
     print(format_table({name: rows}))
+    # Another clip's caption for every clip (a rotation of the batch): does the text matter, and where?
+    shuffled = timestep_table(run.model, run.diffusion, videos, tokens.roll(1, 0), mask.roll(1, 0),
+                              timesteps, seed=args.seed)
+    add_text_gain(rows, shuffled)
+    print("\nText conditioning: x0-MSE with another clip's caption / with the clip's own "
+          "(1.00× = the text is ignored)")
+    print(format_text_gain(rows))
     print()
     v = verdict(rows, cfg.num_timesteps)
     lo, hi = rows[0], rows[-1]

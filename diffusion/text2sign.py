@@ -168,7 +168,7 @@ class Text2SignDiffusion:
                  weight_min_snr: float = 0.1, weight_max_snr: float = 10.0,
                  min_snr_gamma: float = 5.0, motion_loss_weight: float = 0.0,
                  cond_drop_prob: float = 0.1, timestep_sampling_power: float = 0.0,
-                 device: torch.device | str = "cpu"):
+                 noise_shared_frac: float = 0.0, device: torch.device | str = "cpu"):
         self.sched = Schedule.create(beta_schedule, num_timesteps, zero_terminal_snr, device)
         self.prediction_type = prediction_type
         self.loss_weighting = loss_weighting if use_timestep_weighting else "none"
@@ -181,6 +181,9 @@ class Text2SignDiffusion:
         steps = torch.arange(1, num_timesteps + 1, dtype=torch.float64, device=device)
         self.timestep_probs = (steps ** timestep_sampling_power / (steps ** timestep_sampling_power).sum()).float()
         self.timestep_sampling_power = timestep_sampling_power
+        if not 0.0 <= noise_shared_frac < 1.0:
+            raise ValueError(f"noise_shared_frac must be in [0, 1), got {noise_shared_frac}")
+        self.noise_shared_frac = noise_shared_frac
 
     @classmethod
     def from_config(cls, cfg, device: torch.device | str = "cpu") -> "Text2SignDiffusion":
@@ -190,7 +193,8 @@ class Text2SignDiffusion:
                    weight_min_snr=cfg.weight_min_snr, weight_max_snr=cfg.weight_max_snr,
                    min_snr_gamma=cfg.min_snr_gamma, motion_loss_weight=cfg.motion_loss_weight,
                    cond_drop_prob=cfg.cond_drop_prob,
-                   timestep_sampling_power=cfg.timestep_sampling_power, device=device)
+                   timestep_sampling_power=cfg.timestep_sampling_power,
+                   noise_shared_frac=cfg.noise_shared_frac, device=device)
 
     @property
     def num_timesteps(self) -> int:
@@ -216,6 +220,24 @@ class Text2SignDiffusion:
         moving = (change > 0.1).float()
         return 1 + self.motion_loss_weight * moving
 
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+        """Standard-normal noise for (B, C, T, H, W) videos, a share `noise_shared_frac` of whose
+        variance is common to all frames of a clip (PYoCo's mixed noise prior, Ge et al. 2023).
+
+        Every element stays N(0, 1), so the schedule and the baselines are unchanged; what changes is
+        that a static region sees the same noise in every frame, so the denoiser can keep the
+        background and body still instead of re-deciding them frame by frame (flicker). With 0 the
+        draws are exactly the iid ones (same generator stream)."""
+        eps = torch.randn(shape, device=device, generator=generator)
+        if self.noise_shared_frac == 0:
+            return eps
+        if len(shape) != 5:
+            raise ValueError(f"shared-frame noise needs (B, C, T, H, W) shapes, got {tuple(shape)}")
+        shared = torch.randn((shape[0], shape[1], 1, shape[3], shape[4]), device=device, generator=generator)
+        f = self.noise_shared_frac
+        return math.sqrt(1 - f) * eps + math.sqrt(f) * shared
+
     def draw_training_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                             device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
         """(t (B,), noise shape, drop_text (B,)) for one batch: t ~ timestep_probs (uniform unless
@@ -225,7 +247,7 @@ class Text2SignDiffusion:
             t = torch.randint(0, self.num_timesteps, (b,), device=device, generator=generator)
         else:
             t = torch.multinomial(self.timestep_probs.to(device), b, replacement=True, generator=generator)
-        noise = torch.randn(shape, device=device, generator=generator)
+        noise = self.noise(shape, generator, device)
         drop = torch.rand(b, device=device, generator=generator) < self.cond_drop_prob
         return t, noise, drop
 
@@ -280,7 +302,7 @@ class Text2SignDiffusion:
         callback(t, x_t, x0_pred) is called at every step (the diagnostics record statistics).
         """
         device = tokens.device
-        x = torch.randn(shape, device=device, generator=generator)
+        x = self.noise(shape, generator, device)
         if sampler == "ddpm":
             timesteps = list(range(self.num_timesteps - 1, -1, -1))
         elif sampler == "ddim":
@@ -304,7 +326,7 @@ class Text2SignDiffusion:
                 sigma = eta * ((1 - a_prev) / (1 - a_t).clamp(min=_EPS) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
                 x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
                 if prev >= 0 and eta > 0:
-                    x = x + sigma * torch.randn(x.shape, device=device, generator=generator)
+                    x = x + sigma * self.noise(x.shape, generator, device)
         return x.clamp(-1, 1)
 
     def _ddpm_step(self, x_t: torch.Tensor, x0: torch.Tensor, t: int,
@@ -318,7 +340,7 @@ class Text2SignDiffusion:
         if t == 0:
             return mean
         var = beta * (1 - ac_prev) / (1 - ac)
-        return mean + var.sqrt() * torch.randn(x_t.shape, device=x_t.device, generator=generator)
+        return mean + var.sqrt() * self.noise(x_t.shape, generator, x_t.device)
 
 
 def per_timestep_mse(values: torch.Tensor, t: torch.Tensor, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -80,7 +80,7 @@ def prompt_ranking(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokeni
         x0 = ref["video"][None].to(device)
         losses = torch.zeros(k)
         for t_int in steps:
-            noise = torch.randn(x0.shape, generator=gen).to(device)
+            noise = diffusion.noise(x0.shape, gen).to(device)
             t = torch.full((k,), t_int, device=device)
             x_t = q_sample(diffusion.sched, x0, t[:1], noise).expand(k, *x0.shape[1:])
             out = model(x_t, t, tokens.to(device), mask.to(device))

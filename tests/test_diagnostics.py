@@ -10,7 +10,8 @@ import main as train_main
 import quick_test_fixes
 from config import make_config
 from diffusion.text2sign import Text2SignDiffusion
-from evaluation.timesteps import PASS_LINES, baselines, seed_signature, timestep_table, verdict
+from evaluation.timesteps import (PASS_LINES, add_text_gain, baselines, seed_signature, timestep_table,
+                                  verdict)
 from models import build_model
 
 T = 50
@@ -155,3 +156,33 @@ def test_debug_sampling_writes_videos_pngs_and_stats(tiny_run, tmp_path, capsys)
     assert len(list(out.glob("prompt_*.gif"))) == 4 and len(list(out.glob("prompt_*.mp4"))) == 4
     assert (out / "grid.png").is_file() and len(list(out.glob("x0_strip_*.png"))) == 4
     assert "x_t std" in capsys.readouterr().out
+
+
+def test_text_gain_is_one_for_a_text_blind_model_and_not_for_a_conditioned_one():
+    diffusion = Text2SignDiffusion(num_timesteps=50, prediction_type="x0")
+    videos = torch.rand(4, 3, 2, 4, 4) * 2 - 1
+    tokens = torch.arange(4)[:, None] + 2  # clip i has caption token i + 2
+    mask = torch.ones(4, 1, dtype=torch.bool)
+
+    class Blind(torch.nn.Module):  # predicts x0 = 0.5 x_t whatever the text
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, x, t, tok, m, drop=None):
+            return self.w * x
+
+    class Reads(Blind):  # the caption token selects the clip's own video: perfect only with its own text
+        def forward(self, x, t, tok, m, drop=None):
+            return videos[tok[:, 0] - 2]
+
+    ts = [0, 25, 49]
+    for model, expect_one in ((Blind(), True), (Reads(), False)):
+        rows = timestep_table(model, diffusion, videos, tokens, mask, ts, seed=3)
+        other = timestep_table(model, diffusion, videos, tokens.roll(1, 0), mask, ts, seed=3)
+        if expect_one:
+            assert [r["text_gain"] for r in add_text_gain(rows, other)] == [1.0, 1.0, 1.0]
+        else:  # own caption: x0-MSE 0, so the gain is unbounded
+            assert all(r["text_gain"] > 1e3 for r in add_text_gain(rows, other))
+    with pytest.raises(ValueError, match="same timesteps"):
+        add_text_gain(rows, other[::-1])

@@ -181,3 +181,17 @@ def test_timestep_sampling_power_shifts_t_by_the_formula():
     assert (t1 >= 25).double().mean().item() > 0.7  # ~3/4 of the batch in the noisier half
     t1_again, _, _ = biased.draw_training_noise((20000, 1), gen())
     assert torch.equal(t1, t1_again)
+
+
+def test_shared_frame_noise_has_unit_variance_and_the_asked_frame_correlation():
+    shape = (64, 3, 4, 8, 8)
+    iid = Text2SignDiffusion(num_timesteps=50).noise(shape, torch.Generator().manual_seed(0))
+    assert torch.equal(iid, torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+    mixed = Text2SignDiffusion(num_timesteps=50, noise_shared_frac=0.5).noise(
+        shape, torch.Generator().manual_seed(0))
+    assert abs(mixed.var().item() - 1.0) < 0.03
+    a, b = mixed[:, :, 0].flatten(), mixed[:, :, 3].flatten()
+    corr = ((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std())
+    assert abs(corr.item() - 0.5) < 0.05  # frames share half of the variance
+    with pytest.raises(ValueError, match="noise_shared_frac"):
+        Text2SignDiffusion(num_timesteps=50, noise_shared_frac=1.0)
