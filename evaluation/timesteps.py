@@ -206,7 +206,7 @@ def verdict(rows: list[dict], num_timesteps: int, th: Thresholds = THRESHOLDS) -
                 abs(r["eps_mse"] - r["identity_baseline"]) <= th.identity_tolerance * r["identity_baseline"]]
     if tracking:
         out.lines.append(f"   eps-MSE tracks the identity baseline (eps = x_t) at t = {_ts([r['t'] for r in tracking])}: "
-                         "the output adds the noisy input back (residual_input)")
+                         "what a model that adds the noisy input back scores (residual_input)")
     if out.signature:
         out.lines.append(f"   Same shape as the seed's failing table: {ratio:.4g}× 'worse at low timesteps' "
                          "and no better than predicting zero there")
