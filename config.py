@@ -209,7 +209,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # on the low-noise steps) left the hands still (motion ratio 0.06); this made them move (1.01).
     # Two-frame tubelets and 8 decoder channels train 2.2x the samples/s of 1-frame tokens and 16
     # channels, and samples seen decide when the text conditioning switches on; t favours high
-    # noise, where the text decides the layout (docs/experiments.md, rows 11-16).
+    # noise, where the text decides the layout (docs/experiments.md, rows 11-17).
     "cpu": dict(max_steps=1100, tubelet_frames=2, decoder_channels=8, loss_weighting="none",
                 motion_loss_weight=4.0, timestep_sampling_power=1.0, sample_every_steps=550,
                 checkpoint_every_steps=275),

@@ -6,8 +6,8 @@ from models.architectures.vivit import MODEL_SIZES, ViViTDenoiser
 
 # Config keys that shape the model's parameters: a checkpoint must agree on all of them.
 MODEL_KEYS = ("model_size", "num_frames", "frame_size_px", "patch_size_px", "tubelet_frames",
-              "mlp_ratio", "text_depth", "frame_cond_depth", "long_skips", "max_text_len_tokens", "decoder_channels",
-              "final_norm", "residual_input", "prediction_type", "num_timesteps", "beta_schedule",
+              "mlp_ratio", "text_depth", "frame_cond_depth", "long_skips", "max_text_len_tokens",
+              "decoder_channels", "final_norm", "residual_input", "prediction_type", "num_timesteps", "beta_schedule",
               "zero_terminal_snr")
 
 
