@@ -27,9 +27,10 @@ from config import ConfigError, make_config, parse_value
 from data import build_dataset, make_train_loader
 from data.text import Tokenizer
 from diffusion.text2sign import Text2SignDiffusion
-from main import make_ema, param_groups
+from main import make_ema, make_optimizer
 from models import build_model
 from pipeline import resolve_device
+from streams import StreamedBackward, slice_loss_fn
 
 
 def sync(device: torch.device) -> None:
@@ -84,21 +85,19 @@ class Trainer:
         self.cfg, self.device = cfg, device
         self.model = build_model(cfg, vocab_size).to(device)
         self.ema = make_ema(self.model, cfg.ema_decay)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
-                                           betas=(0.9, cfg.adam_beta2), fused=device.type == "cuda")
+        self.optimizer = make_optimizer(self.model, cfg)
         self.diffusion = Text2SignDiffusion.from_config(cfg, device)
         self.net = torch.compile(self.model) if cfg.compile else self.model
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        self.backward = StreamedBackward(self.model, cfg.cpu_streams if device.type == "cpu" else 1)
 
     def loss_backward(self, batch: dict) -> torch.Tensor:
         x0 = batch["video"].to(self.device, non_blocking=True)
         tokens, mask = batch["tokens"].to(self.device), batch["token_mask"].to(self.device)
         draws = self.diffusion.draw_training_noise(tuple(x0.shape), self.gen, self.device)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
-            loss = self.diffusion.training_losses(self.net, x0, tokens, mask, draws=draws)["loss"]
-            loss.backward()
-        return loss
+        loss_fn = slice_loss_fn(self.diffusion, self.net, x0, tokens, mask, draws, self.bf16)
+        return self.backward(loss_fn, x0.shape[0])["loss"]
 
     def step(self, batch: dict) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -23,7 +23,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--num-clips", type=int, default=None, help="default: the config's num_eval_samples")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="default: the config's")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps")
+    parser.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     parser.add_argument("--device", default="auto")
@@ -40,8 +42,12 @@ def main(argv: list[str]) -> int:
     cfg = run.cfg
     if args.guidance is not None:
         cfg.guidance_scale = args.guidance
+    if args.sampler is not None:
+        cfg.sampler = args.sampler
     if args.steps is not None:
         cfg.sampling_steps = args.steps
+    if args.eta is not None:
+        cfg.ddim_eta = args.eta
     print(f"{run.path} (step {run.step}, {'raw' if args.raw else 'EMA'} weights)")
     with torch.no_grad():
         evaluate_run(run.model, run.diffusion, run.tokenizer, cfg, args.split, args.json,

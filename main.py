@@ -26,12 +26,13 @@ from tqdm import tqdm
 
 from checkpoint import (FORMAT_VERSION, CheckpointError, load_latest, load_weights, rng_state,
                         save_checkpoint, set_rng_state, unwrap)
-from config import ConfigError, dump_yaml, parse_cli
+from config import Config, ConfigError, dump_yaml, parse_cli
 from data import build_dataset, make_train_loader
 from data.text import Tokenizer
 from diffusion.text2sign import Text2SignDiffusion, per_timestep_mse
 from models import build_model
 from pipeline import generate, model_config_mismatch, resolve_device, run_dir, save_samples
+from streams import StreamedBackward, slice_loss_fn
 
 EXIT_NONFINITE = 3
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -46,11 +47,26 @@ def lr_at(step: int, cfg) -> float:
 
 
 def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
-    """EMA with the diffusers warm-up: decay_n = min(decay, (1 + n) / (10 + n)); starts as an exact copy."""
-    def ema_avg(avg: torch.Tensor, new: torch.Tensor, num_updates: torch.Tensor) -> torch.Tensor:
-        d = torch.clamp((1 + num_updates) / (10 + num_updates), max=decay).to(avg.dtype)
-        return avg + (new - avg) * (1 - d) if avg.is_floating_point() else new
-    return AveragedModel(model, avg_fn=ema_avg, use_buffers=True)
+    """EMA with the diffusers warm-up: decay_n = min(decay, (1 + n) / (10 + n)); starts as an exact copy.
+
+    One foreach lerp over all tensors per step: the per-tensor avg_fn cost ~7% of a cpu-preset step
+    in small-op overhead (docs/performance.md). The warm-up decay stays a tensor, so CUDA never syncs.
+    """
+    @torch.no_grad()
+    def ema_update(avg: list[torch.Tensor], new: list[torch.Tensor], num_updates: torch.Tensor) -> None:
+        if not avg[0].is_floating_point():  # integer buffers (BatchNorm's counter): keep the latest
+            for a, n in zip(avg, new):
+                a.copy_(n)
+            return
+        weight = 1 - torch.clamp((1 + num_updates) / (10 + num_updates), max=decay).to(avg[0].dtype)
+        torch._foreach_lerp_(avg, new, [weight] * len(avg))
+    return AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+    """AdamW, fused on every device (torch's fused CPU kernel: one pass over all tensors)."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                             betas=(0.9, cfg.adam_beta2), fused=True)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -139,8 +155,7 @@ def train(argv: list[str]) -> int:
     # --- model, EMA, optimizer, resume ------------------------------------------------------------
     model = build_model(cfg, len(tokenizer)).to(device)
     ema = make_ema(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(0.9, cfg.adam_beta2), fused=device.type == "cuda")
+    optimizer = make_optimizer(model, cfg)
     diffusion = Text2SignDiffusion.from_config(cfg, device)
     start_step = 0
     if state is not None:
@@ -158,6 +173,11 @@ def train(argv: list[str]) -> int:
     net = DDP(model) if distributed else model
     if cfg.compile:
         net = torch.compile(net)
+    # Concurrent micro-batch streams are a single-process CPU path; under torchrun each rank is one.
+    streams = cfg.cpu_streams if device.type == "cpu" and not distributed else 1
+    if streams != cfg.cpu_streams:
+        log(f"cpu_streams={cfg.cpu_streams} ignored ({'torchrun' if distributed else device.type}): 1 stream")
+    backward = StreamedBackward(model, streams)
     loader = make_train_loader(cfg, train_set, tokenizer, start_step, rank, world)
     batches = iter(loader)
 
@@ -229,10 +249,9 @@ def train(argv: list[str]) -> int:
             t, noise, drop = diffusion.draw_training_noise((micro * world, *x0.shape[1:]), noise_gen, device)
             part = slice(rank * micro, (rank + 1) * micro)
             sync = not distributed or micro_step == cfg.grad_accum_steps - 1
-            with (contextlib.nullcontext() if sync else net.no_sync()), \
-                    torch.autocast(device.type, torch.bfloat16, enabled=use_bf16):
-                result = diffusion.training_losses(net, x0, tokens, mask, draws=(t[part], noise[part], drop[part]))
-                (result["loss"] / cfg.grad_accum_steps).backward()
+            loss_fn = slice_loss_fn(diffusion, net, x0, tokens, mask, (t[part], noise[part], drop[part]), use_bf16)
+            with contextlib.nullcontext() if sync else net.no_sync():
+                result = backward(loss_fn, x0.shape[0], scale=1 / cfg.grad_accum_steps)
             step_loss += result["loss"].detach() / cfg.grad_accum_steps
             sums, counts = per_timestep_mse(result["per_sample"], result["t"], diffusion.num_timesteps)
             bucket = torch.arange(diffusion.num_timesteps) * 4 // diffusion.num_timesteps
@@ -295,6 +314,7 @@ def train(argv: list[str]) -> int:
         if cfg.sample_every_steps and step % cfg.sample_every_steps == 0 and step < cfg.max_steps:
             write_samples(step)
     bar.close()
+    backward.close()
 
     # --- samples and evaluation at the end -------------------------------------------------------
     if start_step < cfg.max_steps or not (out_dir / "samples" / f"step_{step:08d}.gif").exists():

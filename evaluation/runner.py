@@ -112,7 +112,7 @@ def evaluate_model(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokeni
     results["ground_truth"] = score(torch.stack([r["video"] for r in refs]), refs)
     results["prompt_ranking_top1"] = prompt_ranking(model, diffusion, tokenizer, refs, cfg, seed)
     results["meta"] = dict(split=split, num_clips=n, sampler=cfg.sampler, sampling_steps=cfg.sampling_steps,
-                           guidance_scale=cfg.guidance_scale, seed=seed)
+                           ddim_eta=cfg.ddim_eta, guidance_scale=cfg.guidance_scale, seed=seed)
     return results
 
 

@@ -77,3 +77,15 @@ def test_evaluate_run_writes_every_condition(tmp_path):
     for cond in CONDITIONS:
         assert {"gloss_accuracy", "gloss_wer", "dtw_hand_error", "noise_level", "motion_ratio"} <= set(saved[cond])
     assert results["ground_truth"]["noise_level"] == 0
+
+
+def test_evaluate_cli_applies_sampler_options(tmp_path):
+    import evaluate
+    import main as train_main
+    assert train_main.main(["--preset", "tiny", "--experiment_name", "ev", "--output_dir", str(tmp_path),
+                            "--max_steps", "2"]) == 0
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--experiment", "ev", "--output-dir", str(tmp_path), "--num-clips", "2",
+                          "--sampler", "ddpm", "--eta", "1", "--guidance", "2", "--json", str(out)]) == 0
+    meta = json.loads(out.read_text())["meta"]
+    assert (meta["sampler"], meta["ddim_eta"], meta["guidance_scale"], meta["num_clips"]) == ("ddpm", 1.0, 2.0, 2)

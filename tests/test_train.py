@@ -30,6 +30,23 @@ def test_tiny_overfits_a_fixed_batch():
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
 
 
+def test_ema_follows_the_warmup_decay_and_skips_integer_buffers():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = train_main.make_ema(model, decay=0.5)
+    expected = None
+    for n in range(4):  # n = n_averaged at the call; the first call copies the model
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model[1].num_batches_tracked += 1
+        ema.update_parameters(model)
+        d = min(0.5, (1 + n) / (10 + n))  # the warm-up term is the smaller one for n < 8
+        new = model[0].weight.detach().clone()
+        expected = new if expected is None else expected * d + new * (1 - d)
+    torch.testing.assert_close(ema.module[0].weight, expected)
+    assert not torch.allclose(ema.module[0].weight, model[0].weight)
+    assert int(ema.module[1].num_batches_tracked) == 4
+
+
 def test_main_end_to_end_and_resume(tmp_path, capsys):
     args = ["--preset", "tiny", "--experiment_name", "e2e", "--output_dir", str(tmp_path),
             "--max_steps", "10", "--checkpoint_every_steps", "5", "--log_every_steps", "5"]
