@@ -140,6 +140,22 @@ def snr_clamp_weights(snr: torch.Tensor, min_snr: float, max_snr: float,
     return w / ref.mean()
 
 
+def x0_space_weights(snr: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """Weights that turn the target-space MSE into the x0-space MSE: eps 1/SNR, v 1/(SNR + 1), x0 1.
+
+    With v prediction this trains exactly the x0 objective of an x0 model, but through the
+    preconditioned output x0 = √ᾱ·x_t − √(1−ᾱ)·v (EDM's c_skip/c_out idea): at low noise the
+    prediction is x_t plus a small correction, so the model cannot add more error than x_t holds.
+    """
+    if prediction_type == "eps":
+        return 1.0 / snr.clamp(min=_EPS)
+    if prediction_type == "v":
+        return 1.0 / (snr + 1)
+    if prediction_type == "x0":
+        return torch.ones_like(snr)
+    raise ValueError(f"prediction_type must be eps, v or x0, got {prediction_type!r}")
+
+
 def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
     """Min-SNR-γ (Hang et al. 2023) in the loss space of `prediction_type`.
 
@@ -208,6 +224,8 @@ class Text2SignDiffusion:
             return snr_clamp_weights(snr, self.weight_min_snr, self.weight_max_snr, all_snr)
         if self.loss_weighting == "min_snr":
             return min_snr_weights(snr, self.min_snr_gamma, self.prediction_type)
+        if self.loss_weighting == "x0":
+            return x0_space_weights(snr, self.prediction_type)
         return torch.ones_like(snr)
 
     def motion_mask(self, x0: torch.Tensor) -> torch.Tensor:

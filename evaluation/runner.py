@@ -64,7 +64,8 @@ def score_real(videos: torch.Tensor, refs: list[dict[str, Any]]) -> dict[str, fl
 @torch.no_grad()
 def prompt_ranking(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokenizer: Tokenizer,
                    refs: list[dict[str, Any]], cfg: Config, seed: int = 0) -> float:
-    """Top-1 accuracy of the true caption among 1 + 3 candidates by conditional denoising loss."""
+    """Top-1 accuracy of the true caption among 1 + 3 candidates by conditional denoising loss
+    (target-space MSE times the training loss weight of each timestep)."""
     device = next(model.parameters()).device
     captions = [r["caption"] for r in refs]
     gen = torch.Generator().manual_seed(seed)
@@ -85,7 +86,10 @@ def prompt_ranking(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokeni
             x_t = q_sample(diffusion.sched, x0, t[:1], noise).expand(k, *x0.shape[1:])
             out = model(x_t, t, tokens.to(device), mask.to(device))
             target = training_target(diffusion.sched, diffusion.prediction_type, x0, t[:1], noise)
-            losses += ((out.float() - target) ** 2).mean(dim=(1, 2, 3, 4)).cpu()
+            # The timestep's training weight: with loss_weighting x0 a v model is ranked by its x0
+            # error, like an x0 model, not by a v error that is dominated by the low-noise steps.
+            weight = diffusion.loss_weights(t[:1]).float().cpu()
+            losses += weight * ((out.float() - target) ** 2).mean(dim=(1, 2, 3, 4)).cpu()
         # Strictly lowest: a text-blind model ties every candidate and must not score.
         correct += int(bool((losses[0] < losses[1:]).all()))
     return correct / len(refs)

@@ -195,3 +195,22 @@ def test_shared_frame_noise_has_unit_variance_and_the_asked_frame_correlation():
     assert abs(corr.item() - 0.5) < 0.05  # frames share half of the variance
     with pytest.raises(ValueError, match="noise_shared_frac"):
         Text2SignDiffusion(num_timesteps=50, noise_shared_frac=1.0)
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "v", "x0"])
+def test_x0_weighting_makes_the_loss_the_x0_space_mse(prediction_type):
+    diffusion = Text2SignDiffusion(num_timesteps=50, prediction_type=prediction_type, loss_weighting="x0")
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 3, 2, 4, 4, generator=gen) * 2 - 1
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.tensor([0, 3, 10, 25, 40, 49])
+    drop = torch.zeros(6, dtype=torch.bool)
+    wrong = torch.randn(x0.shape, generator=gen)
+
+    def model(x_t, t_, tokens, mask, drop_):  # a fixed, wrong prediction in the target space
+        return wrong
+    loss = diffusion.training_losses(model, x0, torch.zeros(6, 1, dtype=torch.long),
+                                     torch.ones(6, 1, dtype=torch.bool), draws=(t, noise, drop))["loss"]
+    x_t = q_sample(diffusion.sched, x0, t, noise)
+    x0_hat, _ = model_output_to_x0_eps(diffusion.sched, prediction_type, x_t, t, wrong, clip_x0=False)
+    assert float(loss) == pytest.approx(float(((x0_hat - x0) ** 2).mean()), rel=1e-4)
