@@ -68,6 +68,7 @@ class Config:
     beta_schedule: str = "cosine"  # linear | cosine
     zero_terminal_snr: bool = False  # rescale so the last step is pure noise (needs v or x0)
     prediction_type: str = "x0"  # eps | v | x0: what the denoiser outputs
+    x0_skip_snr: float = 0.0  # x0 only: x0 = c x_t/√ᾱ + (1-c) out, c = SNR/(SNR + this); 0 = off
     loss_weighting: str = "snr_clamp"  # snr_clamp (seed) | min_snr | x0 (x0-space MSE) | none
     use_timestep_weighting: bool = True  # seed switch: False disables any loss_weighting
     weight_min_snr: float = 0.1  # snr_clamp lower clamp on SNR (seed: 0.1)
@@ -132,7 +133,7 @@ POSITIVE = (
 NON_NEGATIVE = (
     "num_threads", "num_workers", "sample_fps", "warmup_steps", "weight_decay", "grad_clip_norm",
     "sample_every_steps", "motion_loss_weight", "timestep_sampling_power", "frame_cond_depth",
-    "min_lr_ratio", "ddim_eta",
+    "min_lr_ratio", "ddim_eta", "x0_skip_snr",
     "max_bad_clip_fraction",
     "output_scale_init", "temporal_modulation_weight",
 )
@@ -166,6 +167,9 @@ def validate(cfg: Config) -> None:
     if cfg.zero_terminal_snr and cfg.prediction_type == "eps":
         raise ConfigError("config keys 'zero_terminal_snr'=true and 'prediction_type'='eps': eps "
                           "prediction divides by zero at the pure-noise step; use v or x0")
+    if cfg.x0_skip_snr and cfg.prediction_type != "x0":
+        raise ConfigError(f"config key 'x0_skip_snr'={cfg.x0_skip_snr}: needs 'prediction_type'='x0', "
+                          f"got {cfg.prediction_type!r}")
     if cfg.weight_min_snr > cfg.weight_max_snr:
         raise ConfigError(f"config keys 'weight_min_snr'={cfg.weight_min_snr} > 'weight_max_snr'="
                           f"{cfg.weight_max_snr}")

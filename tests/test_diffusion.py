@@ -6,7 +6,8 @@ import torch
 
 from diffusion.text2sign import (Schedule, Text2SignDiffusion, make_betas, min_snr_weights,
                                  model_output_to_x0_eps, predict_eps_from_x0, predict_x0_from_eps,
-                                 predict_x0_from_v, q_sample, snr_clamp_weights, v_target)
+                                 predict_x0_from_v, q_sample, snr_clamp_weights, training_target,
+                                 v_target)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
@@ -214,3 +215,28 @@ def test_x0_weighting_makes_the_loss_the_x0_space_mse(prediction_type):
     x_t = q_sample(diffusion.sched, x0, t, noise)
     x0_hat, _ = model_output_to_x0_eps(diffusion.sched, prediction_type, x_t, t, wrong, clip_x0=False)
     assert float(loss) == pytest.approx(float(((x0_hat - x0) ** 2).mean()), rel=1e-4)
+
+
+def test_x0_skip_round_trips_and_weights_the_x0_error():
+    diffusion = Text2SignDiffusion(num_timesteps=50, prediction_type="x0", loss_weighting="none", x0_skip_snr=25.0)
+    sched = diffusion.sched
+    assert sched.x0_skip[0] > 0.95 and sched.x0_skip[49] < 1e-6  # identity-like at t=0, off at t=49
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 3, 2, 4, 4, generator=gen) * 2 - 1
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.tensor([0, 3, 10, 25, 40, 49])
+    x_t = q_sample(sched, x0, t, noise)
+    target = training_target(sched, "x0", x0, t, noise)
+    x0_back, _ = model_output_to_x0_eps(sched, "x0", x_t, t, target, clip_x0=False)
+    torch.testing.assert_close(x0_back, x0, atol=1e-4, rtol=1e-4)
+    # An untrained (zero) output already predicts x0 from x_t about as well as x_t itself at t = 0.
+    zero_x0, _ = model_output_to_x0_eps(sched, "x0", x_t, t, torch.zeros_like(x0), clip_x0=False)
+    assert float(((zero_x0[0] - x0[0]) ** 2).mean()) < 0.01
+    wrong = torch.randn(x0.shape, generator=gen)
+    loss = diffusion.training_losses(lambda *a: wrong, x0, torch.zeros(6, 1, dtype=torch.long),
+                                     torch.ones(6, 1, dtype=torch.bool),
+                                     draws=(t, noise, torch.zeros(6, dtype=torch.bool)))["loss"]
+    wrong_x0, _ = model_output_to_x0_eps(sched, "x0", x_t, t, wrong, clip_x0=False)
+    assert float(loss) == pytest.approx(float(((wrong_x0 - x0) ** 2).mean()), rel=1e-4)
+    with pytest.raises(ValueError, match="x0_skip_snr"):
+        Text2SignDiffusion(prediction_type="v", x0_skip_snr=25.0)
