@@ -79,10 +79,16 @@ class StreamedBackward:
                 parts = [grads[i] for _, _, grads in outs if grads[i] is not None]
                 if not parts:
                     continue
-                total = parts[0]
+                # In the parameter's own layout: autograd.grad returns conv-weight gradients in
+                # channels-last strides, and the fused AdamW kernel pairs param and grad element by
+                # element in memory, so a foreign layout silently scrambles the update (it did).
+                total = torch.empty_like(p).copy_(parts[0])
                 for g in parts[1:]:
-                    total = total + g
-                p.grad = total if p.grad is None else p.grad + total
+                    total.add_(g)
+                if p.grad is None:
+                    p.grad = total
+                else:
+                    p.grad.add_(total)
         return dict(loss=sum(r["loss"].detach() * share for r, share, _ in outs),
                     per_sample=torch.cat([r["per_sample"] for r, _, _ in outs]),
                     t=torch.cat([r["t"] for r, _, _ in outs]))
