@@ -232,7 +232,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 # Two 1-thread streams of 8 clips: +6-15% samples/s over one 2-thread pass.
                 num_workers=1, cpu_streams=2,
                 # Sampling: guidance 3 doubled the back-translated gloss accuracy of this recipe's
-                # checkpoint (0.052 -> 0.111) at the same prompt ranking (docs/experiments.md row 19).
+                # checkpoint (0.052 -> 0.111; docs/experiments.md row 20).
                 guidance_scale=3.0),
     # A longer CPU run (under an hour on 2 cores at ~12 samples/s) for the higher targets; the
     # recipe of the demo before rows 13-16 (1-frame tokens, 16 decoder channels, uniform t).
