@@ -49,8 +49,9 @@ def lr_at(step: int, cfg) -> float:
 def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
     """EMA with the diffusers warm-up: decay_n = min(decay, (1 + n) / (10 + n)); starts as an exact copy.
 
-    One foreach lerp over all tensors per step: the per-tensor avg_fn cost ~7% of a cpu-preset step
-    in small-op overhead (docs/performance.md). The warm-up decay stays a tensor, so CUDA never syncs.
+    One foreach lerp over all tensors per step instead of a per-tensor avg_fn (~7 small ops per
+    tensor): with the fused AdamW, 10.5% off a cpu-preset step (docs/performance.md, round 3). The
+    warm-up decay stays a tensor, so CUDA never syncs.
     """
     @torch.no_grad()
     def ema_update(avg: list[torch.Tensor], new: list[torch.Tensor], num_updates: torch.Tensor) -> None:

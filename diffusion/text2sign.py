@@ -138,11 +138,12 @@ def training_target(sched: Schedule, prediction_type: str, x0: torch.Tensor, t: 
 def x0_from_output(sched: Schedule, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """x0 = c(t)·x_t/√ᾱ_t + (1 − c(t))·out: the x0 model's output, with its low-noise skip.
 
-    Why: an x0 network with 8×8-pixel tokens has an error floor (~0.024 MSE in the demo) that at low
-    noise is far above the noise left in x_t itself (0.0017 at t = 0), so its last sampling steps add
+    Why: an x0 network with 8×8-pixel tokens has an error floor (~0.013 MSE in the demo) that at low
+    noise is above the noise left in x_t itself (0.0017 at t = 0), so its last sampling steps add
     speckle. With c(t) = SNR/(SNR + x0_skip_snr) the prediction is x_t (rescaled) plus a correction
-    whose share shrinks as the noise does, EDM's c_skip idea applied only where x_t is informative:
-    unlike v prediction, the target keeps little of x_t's noise at mid and high noise.
+    whose share shrinks as the noise does, EDM's c_skip idea applied only where x_t is informative.
+    Measured on the demo recipe (docs/experiments.md row 26): the network then has to cancel x_t's
+    noise and does not, so samples stay noisy; off by default.
     """
     if sched.x0_skip is None:
         return out
