@@ -96,7 +96,8 @@ class Trainer:
         x0 = batch["video"].to(self.device, non_blocking=True)
         tokens, mask = batch["tokens"].to(self.device), batch["token_mask"].to(self.device)
         draws = self.diffusion.draw_training_noise(tuple(x0.shape), self.gen, self.device)
-        loss_fn = slice_loss_fn(self.diffusion, self.net, x0, tokens, mask, draws, self.bf16)
+        hand_xy = batch["hand_xy"].to(self.device) if self.cfg.pose_cond else None
+        loss_fn = slice_loss_fn(self.diffusion, self.net, x0, tokens, mask, draws, self.bf16, hand_xy)
         return self.backward(loss_fn, x0.shape[0])["loss"]
 
     def step(self, batch: dict) -> None:
@@ -114,8 +115,10 @@ class Trainer:
             x0 = batch["video"].to(self.device)
             draws = self.diffusion.draw_training_noise(tuple(x0.shape), self.gen, self.device)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+                hand_xy = batch["hand_xy"].to(self.device) if self.cfg.pose_cond else None
                 self.diffusion.training_losses(self.model, x0, batch["tokens"].to(self.device),
-                                               batch["token_mask"].to(self.device), draws=draws)["loss"].backward()
+                                               batch["token_mask"].to(self.device), draws=draws,
+                                               hand_xy=hand_xy)["loss"].backward()
         return counter.get_total_flops() / x0.shape[0]
 
     def time_steps(self, batches, warmup: int, steps: int) -> dict:

@@ -62,6 +62,7 @@ class Config:
     temporal_modulation_weight: float = 0.5  # weight of the timestep modulation (seed changed 0.1 -> 0.5)
     residual_input: bool = False  # historical bug: out = final_conv(x_up) + x; diagnostics only
     activation_checkpointing: bool = False  # recompute block activations in backward (long clips)
+    pose_cond: bool = False  # text -> hand-position stage whose heatmaps guide the denoiser (needs hand labels)
 
     # --- diffusion ---------------------------------------------------------------------------
     num_timesteps: int = 50  # T, diffusion steps t = 0..T-1 (seed: 50)
@@ -78,6 +79,7 @@ class Config:
     noise_shared_frac: float = 0.0  # share of the noise variance common to all frames (PYoCo); 0 = iid
     timestep_sampling_power: float = 0.0  # training t ~ (t+1)^power; 0 = uniform, 1-2 favour high noise
     cond_drop_prob: float = 0.1  # training: probability of replacing the text by the null text
+    pose_loss_weight: float = 10.0  # pose_cond: weight of the hand-position MSE (frame units²) in the loss
     guidance_scale: float = 1.0  # sampling: classifier-free guidance scale (1 = conditional only)
     sampler: str = "ddim"  # ddim | ddpm
     sampling_steps: int = 20  # DDIM steps (ddpm always uses num_timesteps)
@@ -133,7 +135,7 @@ POSITIVE = (
 NON_NEGATIVE = (
     "num_threads", "num_workers", "sample_fps", "warmup_steps", "weight_decay", "grad_clip_norm",
     "sample_every_steps", "motion_loss_weight", "timestep_sampling_power", "frame_cond_depth",
-    "min_lr_ratio", "ddim_eta", "x0_skip_snr",
+    "min_lr_ratio", "ddim_eta", "x0_skip_snr", "pose_loss_weight",
     "max_bad_clip_fraction",
     "output_scale_init", "temporal_modulation_weight",
 )
@@ -202,6 +204,9 @@ def validate(cfg: Config) -> None:
                           "folder name")
     from models.architectures.vivit import MODEL_SIZES  # the registry owns the valid sizes
 
+    if cfg.pose_cond and cfg.dataset != "synthetic":
+        raise ConfigError(f"config key 'pose_cond'=true: needs per-frame hand positions, which only "
+                          f"the synthetic dataset has (dataset '{cfg.dataset}')")
     if cfg.model_size not in MODEL_SIZES:
         raise ConfigError(f"config key 'model_size': {cfg.model_size!r} is not one of "
                           f"{tuple(MODEL_SIZES)}")
@@ -231,9 +236,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                 # front of it (data wait 9.6% -> 0.9% of step time, same samples/s; performance.md).
                 # Two 1-thread streams of 8 clips: +6-15% samples/s over one 2-thread pass.
                 num_workers=1, cpu_streams=2,
-                # Sampling: guidance 3 doubled the back-translated gloss accuracy of this recipe's
-                # checkpoint (0.052 -> 0.111; docs/experiments.md row 20).
-                guidance_scale=3.0),
+                # The pose stage (text -> hand positions -> heatmaps beside x_t): back-translated
+                # gloss accuracy 0.12 -> 0.99 on unseen combinations (docs/experiments.md, row 29).
+                # With it guidance 3 reads no more signs than guidance 1 but doubles the static
+                # noise (0.024 vs 0.013), so sampling is unguided (one forward per step).
+                pose_cond=True),
     # A longer CPU run (under an hour on 2 cores at ~12 samples/s) for the higher targets; the
     # recipe of the demo before rows 13-16 (1-frame tokens, 16 decoder channels, uniform t).
     "cpu_long": dict(max_steps=2400, loss_weighting="none", motion_loss_weight=4.0,

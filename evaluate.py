@@ -2,6 +2,7 @@
 
     python evaluate.py --experiment demo [--split test] [--json eval.json]
     python evaluate.py --checkpoint experiments/demo/checkpoints/ckpt_00003000.pt --num-clips 16
+    python evaluate.py --experiment demo --start-t 20   # SDEdit: which noise levels lose the signs
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="default: the config's")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps")
     parser.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
+    parser.add_argument("--start-t", type=int, default=None,
+                        help="start from each reference clip noised to this step (SDEdit) instead of "
+                             "pure noise: if the signs read from t=20 but not from noise, the layout "
+                             "decided at high noise is what fails")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     parser.add_argument("--device", default="auto")
@@ -50,8 +55,10 @@ def main(argv: list[str]) -> int:
         cfg.ddim_eta = args.eta
     print(f"{run.path} (step {run.step}, {'raw' if args.raw else 'EMA'} weights)")
     with torch.no_grad():
+        if args.start_t is not None and not 0 <= args.start_t < cfg.num_timesteps:
+            parser.error(f"--start-t {args.start_t}: expected a step in 0..{cfg.num_timesteps - 1}")
         evaluate_run(run.model, run.diffusion, run.tokenizer, cfg, args.split, args.json,
-                     num_clips=args.num_clips, seed=args.seed)
+                     num_clips=args.num_clips, seed=args.seed, start_t=args.start_t)
     return 0
 
 

@@ -233,6 +233,7 @@ def train(argv: list[str]) -> int:
     micro = cfg.batch_size // (cfg.grad_accum_steps * world)
     quartile_sums, quartile_counts = torch.zeros(4), torch.zeros(4)
     window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
+    window_pose_mse = []  # pose_cond: the pose stage's hand-position MSE per micro-batch (this rank's)
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not is_main, dynamic_ncols=True)
     step = start_step
     net.train()
@@ -250,10 +251,14 @@ def train(argv: list[str]) -> int:
             t, noise, drop = diffusion.draw_training_noise((micro * world, *x0.shape[1:]), noise_gen, device)
             part = slice(rank * micro, (rank + 1) * micro)
             sync = not distributed or micro_step == cfg.grad_accum_steps - 1
-            loss_fn = slice_loss_fn(diffusion, net, x0, tokens, mask, (t[part], noise[part], drop[part]), use_bf16)
+            hand_xy = batch["hand_xy"].to(device) if cfg.pose_cond else None
+            loss_fn = slice_loss_fn(diffusion, net, x0, tokens, mask, (t[part], noise[part], drop[part]),
+                                    use_bf16, hand_xy)
             with contextlib.nullcontext() if sync else net.no_sync():
                 result = backward(loss_fn, x0.shape[0], scale=1 / cfg.grad_accum_steps)
             step_loss += result["loss"].detach() / cfg.grad_accum_steps
+            if "pose_mse" in result:
+                window_pose_mse.append(float(result["pose_mse"]))
             sums, counts = per_timestep_mse(result["per_sample"], result["t"], diffusion.num_timesteps)
             bucket = torch.arange(diffusion.num_timesteps) * 4 // diffusion.num_timesteps
             quartile_sums.index_add_(0, bucket, sums)
@@ -285,6 +290,8 @@ def train(argv: list[str]) -> int:
                           samples_per_s=window_samples / elapsed,
                           **{f"loss_q{q + 1}": float(quartile_sums[q] / quartile_counts[q].clamp(min=1))
                              for q in range(4)})
+            if window_pose_mse:  # RMS error of one hand coordinate, in pixels
+                record["pose_rmse_px"] = (sum(window_pose_mse) / len(window_pose_mse)) ** 0.5 * cfg.frame_size_px
             if is_main:
                 with open(out_dir / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(record) + "\n")
@@ -296,6 +303,7 @@ def train(argv: list[str]) -> int:
                                 sps=f"{record['samples_per_s']:.1f}")
             quartile_sums.zero_(), quartile_counts.zero_()
             window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
+            window_pose_mse = []
 
         # Every rank must agree on stopping at this step (a signal may reach only some of them).
         stop = torch.tensor(float(bool(stop_signal)), device=device)

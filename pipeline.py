@@ -104,11 +104,13 @@ def encode_prompts(tokenizer: Tokenizer, prompts: list[str], max_len: int,
 def generate(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokenizer: Tokenizer,
              prompts: list[str], cfg: Config, *, seed: int = 0, sampler: str | None = None,
              steps: int | None = None, eta: float | None = None, guidance_scale: float | None = None,
-             callback: Callable | None = None, batch_size: int = 16) -> torch.Tensor:
+             callback: Callable | None = None, batch_size: int = 16,
+             init: torch.Tensor | None = None, start_t: int | None = None) -> torch.Tensor:
     """Sample one video per prompt: (len(prompts), 3, T, H, W) in [-1, 1] on the CPU.
 
     Defaults come from the config; the noise is drawn from a generator seeded by `seed`, so the same
-    prompts and seed give the same videos.
+    prompts and seed give the same videos. `init` (one clean clip per prompt) and `start_t`: start
+    from those clips noised to step start_t (SDEdit; see Text2SignDiffusion.sample).
     """
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -123,7 +125,8 @@ def generate(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokenizer: T
             model, tokens, mask, shape, sampler=sampler or cfg.sampler,
             steps=steps or cfg.sampling_steps, eta=cfg.ddim_eta if eta is None else eta,
             guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
-            generator=gen, callback=callback)
+            generator=gen, callback=callback, start_t=start_t,
+            init=None if init is None else init[start:start + batch_size])
         out.append(video.float().cpu())
     model.train(was_training)
     return torch.cat(out)

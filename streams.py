@@ -28,14 +28,16 @@ def split_evenly(n: int, parts: int) -> list[slice]:
 
 
 def slice_loss_fn(diffusion, net: torch.nn.Module, x0: torch.Tensor, tokens: torch.Tensor,
-                  mask: torch.Tensor, draws: tuple[torch.Tensor, ...], bf16: bool) -> Callable[[slice], dict]:
+                  mask: torch.Tensor, draws: tuple[torch.Tensor, ...], bf16: bool,
+                  hand_xy: torch.Tensor | None = None) -> Callable[[slice], dict]:
     """loss_fn(part) for StreamedBackward: `diffusion.training_losses` on a slice of one batch and of
     its pre-drawn (t, noise, drop), so the draws do not depend on how the batch is split."""
     def loss_fn(part: slice) -> dict:
         # autocast is thread-local: entered here, inside whichever stream runs the slice.
         with torch.autocast(x0.device.type, torch.bfloat16, enabled=bf16):
             return diffusion.training_losses(net, x0[part], tokens[part], mask[part],
-                                             draws=tuple(d[part] for d in draws))
+                                             draws=tuple(d[part] for d in draws),
+                                             hand_xy=None if hand_xy is None else hand_xy[part])
     return loss_fn
 
 
@@ -89,9 +91,12 @@ class StreamedBackward:
                     p.grad = total
                 else:
                     p.grad.add_(total)
-        return dict(loss=sum(r["loss"].detach() * share for r, share, _ in outs),
-                    per_sample=torch.cat([r["per_sample"] for r, _, _ in outs]),
-                    t=torch.cat([r["t"] for r, _, _ in outs]))
+        merged = dict(loss=sum(r["loss"].detach() * share for r, share, _ in outs),
+                      per_sample=torch.cat([r["per_sample"] for r, _, _ in outs]),
+                      t=torch.cat([r["t"] for r, _, _ in outs]))
+        if "pose_mse" in outs[0][0]:
+            merged["pose_mse"] = sum(r["pose_mse"] * share for r, share, _ in outs)
+        return merged
 
     def close(self) -> None:
         if self.pool is not None:

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from models.architectures.pose import pose_losses
+
 # Clamp for SNR -> inf at ᾱ = 1 and 1/SNR at ᾱ -> 0 (only reachable with zero terminal SNR).
 _EPS = 1e-12
 
@@ -209,7 +211,7 @@ class Text2SignDiffusion:
                  min_snr_gamma: float = 5.0, motion_loss_weight: float = 0.0,
                  cond_drop_prob: float = 0.1, timestep_sampling_power: float = 0.0,
                  noise_shared_frac: float = 0.0, x0_skip_snr: float = 0.0,
-                 device: torch.device | str = "cpu"):
+                 pose_loss_weight: float = 0.0, device: torch.device | str = "cpu"):
         if x0_skip_snr and prediction_type != "x0":
             raise ValueError(f"x0_skip_snr={x0_skip_snr} needs prediction_type 'x0', got {prediction_type!r}")
         self.sched = Schedule.create(beta_schedule, num_timesteps, zero_terminal_snr, device, x0_skip_snr)
@@ -227,6 +229,7 @@ class Text2SignDiffusion:
         if not 0.0 <= noise_shared_frac < 1.0:
             raise ValueError(f"noise_shared_frac must be in [0, 1), got {noise_shared_frac}")
         self.noise_shared_frac = noise_shared_frac
+        self.pose_loss_weight = pose_loss_weight
 
     @classmethod
     def from_config(cls, cfg, device: torch.device | str = "cpu") -> "Text2SignDiffusion":
@@ -237,7 +240,8 @@ class Text2SignDiffusion:
                    min_snr_gamma=cfg.min_snr_gamma, motion_loss_weight=cfg.motion_loss_weight,
                    cond_drop_prob=cfg.cond_drop_prob,
                    timestep_sampling_power=cfg.timestep_sampling_power,
-                   noise_shared_frac=cfg.noise_shared_frac, x0_skip_snr=cfg.x0_skip_snr, device=device)
+                   noise_shared_frac=cfg.noise_shared_frac, x0_skip_snr=cfg.x0_skip_snr,
+                   pose_loss_weight=cfg.pose_loss_weight if cfg.pose_cond else 0.0, device=device)
 
     @property
     def num_timesteps(self) -> int:
@@ -307,24 +311,41 @@ class Text2SignDiffusion:
 
     def training_losses(self, model: Denoiser, x0: torch.Tensor, tokens: torch.Tensor,
                         token_mask: torch.Tensor, generator: torch.Generator | None = None,
-                        draws: tuple[torch.Tensor, ...] | None = None) -> dict:
+                        draws: tuple[torch.Tensor, ...] | None = None,
+                        hand_xy: torch.Tensor | None = None) -> dict:
         """One stochastic loss evaluation. Returns dict(loss scalar, per_sample (B,), t (B,), drop).
 
         `draws` = (t, noise, drop) from draw_training_noise, or None to draw them from `generator`
         (torchrun draws the global batch's and slices it, so N ranks equal one process).
+        `hand_xy` (B,T,2,2): ground-truth hand centres for a pose-conditioned model (pose_loss_weight
+        > 0): its heatmaps show them, and the loss adds pose_loss_weight x the pose stage's loss
+        (`pose_losses`: position MSE + travel term) on the samples that kept their text; the
+        position MSE alone is returned as `pose_mse`.
         """
         if draws is None:
             draws = self.draw_training_noise(tuple(x0.shape), generator, x0.device)
         t, noise, drop = draws
         x_t = q_sample(self.sched, x0, t, noise)
-        out = model(x_t, t, tokens, token_mask, drop)
+        pose_mse = None
+        if self.pose_loss_weight > 0 and hand_xy is not None:
+            out, pose = model(x_t, t, tokens, token_mask, drop, hand_xy=hand_xy, return_pose=True)
+            keep = (~drop).float()
+            mse, per_clip = pose_losses(pose.float(), hand_xy.float())
+            pose_mse = (mse * keep).sum() / keep.sum().clamp(min=1.0)
+            pose_loss = (per_clip * keep).sum() / keep.sum().clamp(min=1.0)
+        else:
+            out = model(x_t, t, tokens, token_mask, drop)
         target = training_target(self.sched, self.prediction_type, x0, t, noise)
         err = (out.float() - target.float()) ** 2
         if self.motion_loss_weight > 0:
             err = err * self.motion_mask(x0)
         per_sample = err.mean(dim=(1, 2, 3, 4))
         loss = (per_sample * self.loss_weights(t)).mean()
-        return dict(loss=loss, per_sample=per_sample.detach(), t=t, drop=drop)
+        result = dict(loss=loss, per_sample=per_sample.detach(), t=t, drop=drop)
+        if pose_mse is not None:
+            result["loss"] = loss + self.pose_loss_weight * pose_loss
+            result["pose_mse"] = pose_mse.detach()
+        return result
 
     def predict(self, model: Denoiser, x_t: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
                 token_mask: torch.Tensor, guidance_scale: float = 1.0,
@@ -348,21 +369,36 @@ class Text2SignDiffusion:
     def sample(self, model: Denoiser, tokens: torch.Tensor, token_mask: torch.Tensor,
                shape: tuple[int, ...], *, sampler: str = "ddim", steps: int = 20, eta: float = 0.0,
                guidance_scale: float = 1.0, generator: torch.Generator | None = None,
-               callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+               callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+               init: torch.Tensor | None = None, start_t: int | None = None) -> torch.Tensor:
         """Generate videos of `shape` (B,3,T,H,W) in [-1, 1].
 
         sampler='ddpm': ancestral sampling over all T steps (posterior mean and variance β̃_t).
         sampler='ddim': `steps` evenly spaced timesteps, stochasticity `eta` (0 = deterministic).
         callback(t, x_t, x0_pred) is called at every step (the diagnostics record statistics).
+        init, start_t: SDEdit (Meng et al. 2021): start from the clean clips `init` noised to step
+        start_t instead of from pure noise (DDIM keeps its step spacing: ~steps·(start_t+1)/T
+        steps). Where the samples go wrong tells which noise levels fail (evaluate.py --start-t).
         """
         device = tokens.device
-        x = self.noise(shape, generator, device)
+        last = self.num_timesteps - 1
+        if init is None:
+            if start_t is not None:
+                raise ValueError("start_t needs the clean clips `init` to noise")
+            x = self.noise(shape, generator, device)
+        else:
+            if start_t is None or not 0 <= start_t <= last:
+                raise ValueError(f"start_t must be in [0, {last}] with init, got {start_t}")
+            last = start_t
+            x = q_sample(self.sched, init.to(device), torch.full((shape[0],), start_t, device=device),
+                         self.noise(shape, generator, device))
         if sampler == "ddpm":
-            timesteps = list(range(self.num_timesteps - 1, -1, -1))
+            timesteps = list(range(last, -1, -1))
         elif sampler == "ddim":
             if not 1 <= steps <= self.num_timesteps:
                 raise ValueError(f"DDIM steps must be in [1, {self.num_timesteps}], got {steps}")
-            timesteps = torch.linspace(self.num_timesteps - 1, 0, steps).round().long().tolist()
+            steps = max(2, round(steps * (last + 1) / self.num_timesteps)) if last < self.num_timesteps - 1 else steps
+            timesteps = torch.linspace(last, 0, steps).round().long().tolist()
         else:
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
         ac = self.sched.alphas_cumprod

@@ -8,7 +8,7 @@ from models.architectures.vivit import MODEL_SIZES, ViViTDenoiser
 MODEL_KEYS = ("model_size", "num_frames", "frame_size_px", "patch_size_px", "tubelet_frames",
               "mlp_ratio", "text_depth", "frame_cond_depth", "long_skips", "max_text_len_tokens",
               "decoder_channels", "final_norm", "residual_input", "prediction_type", "num_timesteps", "beta_schedule",
-              "zero_terminal_snr")
+              "zero_terminal_snr", "pose_cond")
 
 
 def build_model(cfg: Config, vocab_size: int) -> ViViTDenoiser:
@@ -23,4 +23,4 @@ def build_model(cfg: Config, vocab_size: int) -> ViViTDenoiser:
         final_norm=cfg.final_norm, output_scale_init=cfg.output_scale_init,
         temporal_modulation_weight=cfg.temporal_modulation_weight,
         residual_input=cfg.residual_input, activation_checkpointing=cfg.activation_checkpointing,
-        long_skips=cfg.long_skips)
+        long_skips=cfg.long_skips, pose_cond=cfg.pose_cond)

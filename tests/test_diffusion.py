@@ -240,3 +240,21 @@ def test_x0_skip_round_trips_and_weights_the_x0_error():
     assert float(loss) == pytest.approx(float(((wrong_x0 - x0) ** 2).mean()), rel=1e-4)
     with pytest.raises(ValueError, match="x0_skip_snr"):
         Text2SignDiffusion(prediction_type="v", x0_skip_snr=25.0)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_sdedit_start_noises_the_clips_to_start_t_and_runs_from_there(sampler):
+    diff = Text2SignDiffusion(num_timesteps=50, prediction_type="x0")
+    clips = torch.rand(2, 3, 2, 4, 4) * 2 - 1
+    seen = []
+    diff.sample(_Linear(), torch.tensor([[3], [4]]), torch.ones(2, 1, dtype=torch.bool), clips.shape,
+                sampler=sampler, steps=20, generator=torch.Generator().manual_seed(5), init=clips, start_t=19,
+                callback=lambda t, x_t, x0: seen.append((t, x_t.clone())))
+    noise = diff.noise(clips.shape, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(seen[0][1], q_sample(diff.sched, clips, torch.full((2,), 19), noise))
+    ts = [t for t, _ in seen]
+    assert ts[0] == 19 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    assert len(ts) == (20 if sampler == "ddpm" else 8)  # DDIM keeps its spacing: 20 * 20/50 steps
+    with pytest.raises(ValueError, match="start_t"):
+        diff.sample(_Linear(), torch.tensor([[3]]), torch.ones(1, 1, dtype=torch.bool), clips[:1].shape,
+                    init=clips[:1], start_t=50)

@@ -1,6 +1,7 @@
 """The evaluation: wrong videos score wrong, prompt ranking on toy models, the runner end to end."""
 import json
 
+import pytest
 import torch
 
 from config import make_config
@@ -64,8 +65,9 @@ def test_prompt_ranking_on_toy_models():
     assert prompt_ranking(_TextBlind(), diffusion, tok, refs, cfg) == 0.0  # ties never count
 
 
-def test_evaluate_run_writes_every_condition(tmp_path):
-    cfg = make_config("tiny")
+@pytest.mark.parametrize("pose_cond", [False, True])
+def test_evaluate_run_writes_every_condition(tmp_path, pose_cond):
+    cfg = make_config("tiny", dict(pose_cond=pose_cond))
     ds = SyntheticSignDataset("train", cfg.num_train_samples, cfg.num_frames, cfg.frame_size_px, cfg.seed)
     tok = Tokenizer.from_captions(ds.captions)
     model = build_model(cfg, len(tok))
@@ -77,6 +79,8 @@ def test_evaluate_run_writes_every_condition(tmp_path):
     for cond in CONDITIONS:
         assert {"gloss_accuracy", "gloss_wer", "dtw_hand_error", "noise_level", "motion_ratio"} <= set(saved[cond])
     assert results["ground_truth"]["noise_level"] == 0
+    # The pose stage's own error is reported for a pose-conditioned model (untrained: the centre).
+    assert ("pose_rmse_px" in saved) == pose_cond and saved.get("pose_rmse_px", 1) > 0
 
 
 def test_evaluate_cli_applies_sampler_options(tmp_path):
@@ -89,3 +93,6 @@ def test_evaluate_cli_applies_sampler_options(tmp_path):
                           "--sampler", "ddpm", "--eta", "1", "--guidance", "2", "--json", str(out)]) == 0
     meta = json.loads(out.read_text())["meta"]
     assert (meta["sampler"], meta["ddim_eta"], meta["guidance_scale"], meta["num_clips"]) == ("ddpm", 1.0, 2.0, 2)
+    assert evaluate.main(["--experiment", "ev", "--output-dir", str(tmp_path), "--num-clips", "2",
+                          "--start-t", "10", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["meta"]["start_t"] == 10

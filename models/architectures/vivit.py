@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from models.architectures.pose import NUM_HANDS, PoseStage, hand_heatmaps
+
 # Size registry: width (channels per token), depth (blocks), heads. DiT-style names.
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(width=32, depth=2, heads=2),
@@ -226,10 +228,10 @@ class FinalProjection(nn.Module):
     identity added to the output at every noise level) the head learns how much of x_t to use.
     """
 
-    def __init__(self, channels: int, norm: str, sees_input: bool = True):
+    def __init__(self, channels: int, norm: str, input_channels: int = 3):
         super().__init__()
-        self.sees_input = sees_input
-        self.conv = nn.Conv2d(channels + 3 * sees_input, channels, 5, padding=2)
+        self.sees_input = input_channels > 0
+        self.conv = nn.Conv2d(channels + input_channels, channels, 5, padding=2)
         if norm == "group":
             self.norm = nn.GroupNorm(min(8, channels), channels)
         elif norm == "batch":
@@ -241,7 +243,7 @@ class FinalProjection(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x_up: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-        """x_up (B*T, C, H, W), x_t (B*T, 3, H, W) -> (B*T, 3, H, W)."""
+        """x_up (B*T, C, H, W), x_t (B*T, input_channels, H, W) -> (B*T, 3, H, W)."""
         h = self.conv(torch.cat([x_up, x_t], dim=1) if self.sees_input else x_up)
         return self.out(x_up + F.relu(self.norm(h)))
 
@@ -254,7 +256,8 @@ class ViViTDenoiser(nn.Module):
                  text_depth: int, frame_cond_depth: int, max_text_len_tokens: int,
                  decoder_channels: int, final_norm: str,
                  output_scale_init: float, temporal_modulation_weight: float, residual_input: bool,
-                 activation_checkpointing: bool = False, long_skips: bool = False):
+                 activation_checkpointing: bool = False, long_skips: bool = False,
+                 pose_cond: bool = False):
         super().__init__()
         if frame_size_px % patch_size_px or num_frames % tubelet_frames:
             raise ValueError("frame_size_px / num_frames must be divisible by patch / tubelet size")
@@ -264,7 +267,10 @@ class ViViTDenoiser(nn.Module):
         self.decoder_channels = decoder_channels
         self.residual_input = residual_input
         self.activation_checkpointing = activation_checkpointing
-        self.patch_embed = nn.Conv3d(3, width, (tubelet_frames, patch_size_px, patch_size_px),
+        # pose_cond: the pose stage's hand heatmaps join x_t as extra channels (models/.../pose.py).
+        self.in_channels = 3 + NUM_HANDS * pose_cond
+        self.pose = PoseStage(width, num_frames, mlp_ratio) if pose_cond else None
+        self.patch_embed = nn.Conv3d(self.in_channels, width, (tubelet_frames, patch_size_px, patch_size_px),
                                      stride=(tubelet_frames, patch_size_px, patch_size_px))
         self.pos_spatial = nn.Parameter(torch.randn(self.grid_s**2, width) * 0.02)
         # Temporal positions are added before the first temporal block (field notes, item 9).
@@ -294,19 +300,36 @@ class ViViTDenoiser(nn.Module):
         self.unpatch = nn.Linear(width, tubelet_frames * patch_size_px**2 * decoder_channels)
         # The historical variant keeps the seed's head, which saw only x_up: with x_t as an input
         # the head could learn to cancel the residual and the diagnostics could not reproduce it.
-        self.head = FinalProjection(decoder_channels, final_norm, sees_input=not residual_input)
+        self.head = FinalProjection(decoder_channels, final_norm,
+                                    input_channels=0 if residual_input else self.in_channels)
         self.output_scale = nn.Parameter(torch.tensor(float(output_scale_init)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
-                token_mask: torch.Tensor, drop_text: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B,3,T,H,W) noisy video; t (B,) long; tokens/token_mask (B,L); drop_text (B,) bool."""
+                token_mask: torch.Tensor, drop_text: torch.Tensor | None = None,
+                hand_xy: torch.Tensor | None = None, return_pose: bool = False):
+        """x (B,3,T,H,W) noisy video; t (B,) long; tokens/token_mask (B,L); drop_text (B,) bool.
+
+        With the pose stage: `hand_xy` (B,T,2,2) are the hand centres the heatmaps show (training:
+        the ground truth); None uses the stage's own prediction. `return_pose` returns
+        (output, predicted hand_xy) instead of the output alone.
+        """
         b, c, frames, height, width_px = x.shape
         if (c, frames, height, width_px) != (3, self.num_frames, self.frame_size_px, self.frame_size_px):
             raise ValueError(f"expected x of shape (B, 3, {self.num_frames}, {self.frame_size_px}, "
                              f"{self.frame_size_px}), got {tuple(x.shape)}")
+        ctx, ctx_mask = self.text(tokens, token_mask, drop_text)
+        x_noisy, pose = x, None
+        if self.pose is not None:
+            pose = self.pose(ctx, ctx_mask)
+            shown = pose.detach() if hand_xy is None else hand_xy.to(pose.dtype)
+            heat = hand_heatmaps(shown, self.frame_size_px).to(x.dtype)
+            if drop_text is not None:  # the null condition has no pose either
+                heat = heat * (~drop_text).to(x.dtype)[:, None, None, None, None]
+            x = torch.cat([x, heat], dim=1)
+        elif return_pose or hand_xy is not None:
+            raise ValueError("hand_xy / return_pose need a model built with pose_cond=True")
         h = self.patchify(x)
         h = (h + self.pos_spatial + self.pos_temporal[:, None, :]).contiguous()  # (B, T', N, D)
-        ctx, ctx_mask = self.text(tokens, token_mask, drop_text)
         pooled = (ctx * ctx_mask[..., None]).sum(1) / ctx_mask.sum(1, keepdim=True)
         cond = (self.time_mlp(timestep_embedding(t, 256)) + self.text_pool(pooled))[:, None, :]
         if self.frame_cond is not None:
@@ -324,17 +347,25 @@ class ViViTDenoiser(nn.Module):
         shift, scale = self.ada_out(cond)[:, :, None, :].chunk(2, dim=-1)
         h = self.unpatch(modulate(self.norm_out(h), shift, scale, self.modulation_weight))
         x_up = self.unpatchify(h)  # (B*T, C, H, W): pixel-space features, frames folded into batch
-        x_frames = x.transpose(1, 2).reshape(b * frames, 3, height, width_px)
+        x_frames = x.transpose(1, 2).reshape(b * frames, self.in_channels, height, width_px)
         out = self.output_scale * self.head(x_up, x_frames.contiguous(memory_format=torch.channels_last))
         out = out.reshape(b, frames, 3, height, width_px).transpose(1, 2)
-        return out + x if self.residual_input else out
+        if self.residual_input:
+            out = out + x_noisy
+        return (out, pose) if return_pose else out
+
+    def predict_pose(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """The pose stage's hand centres (B, T, 2, 2) for these texts (the heatmaps sampling shows)."""
+        if self.pose is None:
+            raise ValueError("predict_pose needs a model built with pose_cond=True")
+        return self.pose(*self.text(tokens, token_mask, None))
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> tokens (B, T', N, D): the strided Conv3d `patch_embed` as one matmul."""
-        b = x.shape[0]
+        """(B, C, T, H, W) -> tokens (B, T', N, D): the strided Conv3d `patch_embed` as one matmul."""
+        b, c = x.shape[:2]
         g, p, k = self.grid_s, self.patch, self.tubelet
-        patches = x.view(b, 3, self.grid_t, k, g, p, g, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        patches = patches.reshape(b, self.grid_t, g * g, 3 * k * p * p)  # (c, k, p, p) as the conv weight
+        patches = x.view(b, c, self.grid_t, k, g, p, g, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        patches = patches.reshape(b, self.grid_t, g * g, c * k * p * p)  # (c, k, p, p) as the conv weight
         return F.linear(patches, self.patch_embed.weight.flatten(1), self.patch_embed.bias)
 
     def unpatchify(self, h: torch.Tensor) -> torch.Tensor:
