@@ -212,6 +212,28 @@ def validate(cfg: Config) -> None:
                           f"{tuple(MODEL_SIZES)}")
 
 
+# The default demo on a 2-core CPU (about 15 minutes). Uniform x0 loss and extra weight on the
+# moving pixels: in a 400-step probe the seed's snr_clamp weighting (which puts 100x more weight
+# on the low-noise steps) left the hands still (motion ratio 0.06); this made them move (1.01).
+# Two-frame tubelets and 8 decoder channels train 2.2x the samples/s of 1-frame tokens and 16
+# channels, and samples seen decide when the text conditioning switches on; t favours high
+# noise, where the text decides the layout (docs/experiments.md, rows 11-17). FrameAligner
+# (2 layers) gives the text a direct path to each frame's modulation: prompt ranking 0.63 -> 0.81
+# at the same step count and about the same step time (row 18).
+_CPU: dict[str, Any] = dict(max_steps=1100, tubelet_frames=2, decoder_channels=8, frame_cond_depth=2,
+            loss_weighting="none", motion_loss_weight=4.0, timestep_sampling_power=1.0,
+            sample_every_steps=550, checkpoint_every_steps=275,
+            # One render worker: the 16 clips of a step (~65 ms) render beside the step, not in
+            # front of it (data wait 9.6% -> 0.9% of step time, same samples/s; performance.md).
+            # Two 1-thread streams of 8 clips: +6-15% samples/s over one 2-thread pass.
+            num_workers=1, cpu_streams=2,
+            # The pose stage (text -> hand positions -> heatmaps beside x_t): back-translated
+            # gloss accuracy 0.12 -> 0.99 on unseen combinations (docs/experiments.md, row 29).
+            # With it guidance 3 reads no more signs than guidance 1 but doubles the static
+            # noise (0.024 vs 0.013), so sampling is unguided (one forward per step).
+            pose_cond=True)
+
+
 # Named presets: overrides of the dataclass defaults. `cpu` is the README's demo.
 PRESETS: dict[str, dict[str, Any]] = {
     # Tests: a training step in well under a second on CPU.
@@ -221,30 +243,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                  warmup_steps=2, log_every_steps=5, sample_every_steps=0,
                  checkpoint_every_steps=10, num_sample_prompts=2, eval_at_end=False,
                  tensorboard=False),
-    # The default demo on a 2-core CPU (about 15 minutes). Uniform x0 loss and extra weight on the
-    # moving pixels: in a 400-step probe the seed's snr_clamp weighting (which puts 100x more weight
-    # on the low-noise steps) left the hands still (motion ratio 0.06); this made them move (1.01).
-    # Two-frame tubelets and 8 decoder channels train 2.2x the samples/s of 1-frame tokens and 16
-    # channels, and samples seen decide when the text conditioning switches on; t favours high
-    # noise, where the text decides the layout (docs/experiments.md, rows 11-17). FrameAligner
-    # (2 layers) gives the text a direct path to each frame's modulation: prompt ranking 0.63 -> 0.81
-    # at the same step count and about the same step time (row 18).
-    "cpu": dict(max_steps=1100, tubelet_frames=2, decoder_channels=8, frame_cond_depth=2,
-                loss_weighting="none", motion_loss_weight=4.0, timestep_sampling_power=1.0,
-                sample_every_steps=550, checkpoint_every_steps=275,
-                # One render worker: the 16 clips of a step (~65 ms) render beside the step, not in
-                # front of it (data wait 9.6% -> 0.9% of step time, same samples/s; performance.md).
-                # Two 1-thread streams of 8 clips: +6-15% samples/s over one 2-thread pass.
-                num_workers=1, cpu_streams=2,
-                # The pose stage (text -> hand positions -> heatmaps beside x_t): back-translated
-                # gloss accuracy 0.12 -> 0.99 on unseen combinations (docs/experiments.md, row 29).
-                # With it guidance 3 reads no more signs than guidance 1 but doubles the static
-                # noise (0.024 vs 0.013), so sampling is unguided (one forward per step).
-                pose_cond=True),
-    # A longer CPU run (under an hour on 2 cores at ~12 samples/s) for the higher targets; the
-    # recipe of the demo before rows 13-16 (1-frame tokens, 16 decoder channels, uniform t).
-    "cpu_long": dict(max_steps=2400, loss_weighting="none", motion_loss_weight=4.0,
-                     sample_every_steps=800, checkpoint_every_steps=400),
+    "cpu": _CPU,
+    # A longer CPU run (about 45 minutes on 2 cores) for the higher targets: the demo's recipe for
+    # 3600 steps instead of 1100.
+    "cpu_long": dict(_CPU, max_steps=3600, sample_every_steps=1200, checkpoint_every_steps=600),
     # One modern GPU: 32 frames x 64x64, a bigger model, bf16.
     "gpu": dict(model_size="B", num_frames=32, frame_size_px=64, patch_size_px=4,
                 tubelet_frames=2, decoder_channels=32, batch_size=32, max_steps=50000, lr=3e-4,

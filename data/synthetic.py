@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from data.signer import GLOSSES, make_caption, render_sentence
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+_RERENDER_SPLIT_ID = 3  # seeds of `rerender`, disjoint from every split's
 HELD_OUT_FRACTION = 0.1
 SENTENCE_LENGTH_PROBS = {"train": (0.2, 0.4, 0.4), "val": (0.2, 0.4, 0.4), "test": (0.0, 0.5, 0.5)}
 _SENTENCE_STREAM, _STYLE_STREAM, _CAPTION_STREAM = 0, 1, 2
@@ -103,6 +104,15 @@ class SyntheticSignDataset(Dataset):
         return dict(video=video, caption=self.caption_of(index, glosses), glosses=glosses,
                     hand_xy=torch.from_numpy(out["hand_xy"]), hand_visible=torch.from_numpy(out["hand_visible"]),
                     index=int(index))
+
+
+    def rerender(self, index: int) -> torch.Tensor:
+        """Another rendering of sample `index`'s sentence: same glosses, an independent style and
+        timing/amplitude jitter. Video float32 (3, T, H, W) in [-1, 1]: what a perfect text-to-sign
+        model could make, since the text fixes neither (the realistic ceiling of the metrics)."""
+        rng = np.random.default_rng([self.seed % 2 ** 63, _RERENDER_SPLIT_ID, SPLIT_IDS[self.split], index])
+        out = render_sentence(self.glosses_of(index), self.num_frames, self.frame_size_px, rng)
+        return torch.from_numpy(out["video"].transpose(3, 0, 1, 2).astype(np.float32) / np.float32(127.5) - 1)
 
 
 def verify_splits(train: SyntheticSignDataset, test: SyntheticSignDataset) -> dict:
