@@ -4,8 +4,9 @@ Sign-language production has long split text -> pose -> video (Stoll et al. 2020
 Saunders et al. 2020, "Progressive Transformers"): the hard, low-dimensional part (which hand goes
 where, when) is learned as a regression, and the video generator paints a clip that follows it.
 Here the split lives inside one denoiser: `PoseStage` reads the text and predicts each frame's hand
-centres (through a `LengthRegulator`); `hand_heatmaps` draws them as Gaussian blobs that join x_t as extra input channels (the
-way pose-guided video diffusion feeds a skeleton, e.g. ControlNet or Animate Anyone).
+centres (through a `LengthRegulator`); `hand_heatmaps` draws them as Gaussian blobs that join x_t
+as extra input channels (the way pose-guided video diffusion feeds a skeleton, e.g. ControlNet or
+Animate Anyone).
 
 Why (docs/experiments.md, row 27): starting the demo's sampler from ground-truth clips noised to
 t = 20 gave back-translated gloss accuracy 0.82, from pure noise 0.08: the denoiser paints readable
@@ -51,7 +52,7 @@ class LengthRegulator(nn.Module):
         self.duration = nn.Linear(width, 1)
         self.register_buffer("freqs", math.pi * torch.arange(1, phase_freqs + 1).float(), persistent=False)
         self.phase = nn.Linear(2 * phase_freqs, width)
-        # Boundary softness: a token's span edge ramps over about a third of a frame.
+        # Boundary softness: a token's span edge ramps (12% -> 88%) over about two thirds of a frame.
         self.sharpness = 3.0 * frames
 
     def forward(self, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> torch.Tensor:
