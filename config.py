@@ -206,7 +206,7 @@ def validate(cfg: Config) -> None:
 
     if cfg.pose_cond and cfg.dataset != "synthetic":
         raise ConfigError(f"config key 'pose_cond'=true: needs per-frame hand positions, which only "
-                          f"the synthetic dataset has (dataset '{cfg.dataset}')")
+                          f"the synthetic dataset has (dataset '{cfg.dataset}'); add --pose_cond false")
     if cfg.model_size not in MODEL_SIZES:
         raise ConfigError(f"config key 'model_size': {cfg.model_size!r} is not one of "
                           f"{tuple(MODEL_SIZES)}")
