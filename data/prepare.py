@@ -28,7 +28,9 @@ def main(argv: list[str]) -> int:
             return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg, _ = parse_cli(argv)
+        # Preparing trains nothing, so the cpu preset's pose stage (which needs the synthetic
+        # signer's hand labels) is off here unless asked for; an explicit flag still wins.
+        cfg, _ = parse_cli(["--pose_cond", "false", *argv])
         if cfg.dataset == "synthetic":
             raise ConfigError("--dataset: give a real dataset (how2sign, phoenix, wlasl, folder); "
                               "synthetic clips are rendered on demand and need no cache")
