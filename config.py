@@ -300,8 +300,14 @@ def make_config(preset: str = "cpu", overrides: dict[str, Any] | None = None) ->
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    """Rebuild a config saved in a run folder or checkpoint (every key must be known)."""
-    return make_config(values.get("preset", "cpu"), {k: v for k, v in values.items() if k != "preset"})
+    """Rebuild a config saved in a run folder or checkpoint (every key must be known).
+
+    A saved config holds every setting that existed when it was written; a key it lacks was added
+    later and gets the dataclass default (the behaviour before it existed), not today's preset
+    value: an old demo checkpoint must not grow the pose stage the `cpu` preset has now.
+    """
+    full = {f.name: f.default for f in fields(Config)} | values
+    return make_config(full.get("preset", "cpu"), {k: v for k, v in full.items() if k != "preset"})
 
 
 def load_yaml(path: str) -> dict[str, Any]:

@@ -64,3 +64,11 @@ def test_round_trip_through_dict_and_yaml():
     assert config_from_dict(cfg.to_dict()) == cfg
     assert config_from_dict(yaml.safe_load(dump_yaml(cfg))) == cfg
 
+
+
+def test_saved_config_without_a_newer_key_keeps_the_old_behaviour():
+    """A checkpoint written before `pose_cond` existed rebuilds without the pose stage, although
+    the `cpu` preset now turns it on."""
+    saved = make_config("cpu").to_dict()
+    del saved["pose_cond"]
+    assert make_config("cpu").pose_cond is True and config_from_dict(saved).pose_cond is False

@@ -9,7 +9,7 @@ as extra input channels (the way pose-guided video diffusion feeds a skeleton, e
 Animate Anyone).
 
 Why (docs/experiments.md, row 27): starting the demo's sampler from ground-truth clips noised to
-t = 20 gave back-translated gloss accuracy 0.82, from pure noise 0.08: the denoiser paints readable
+t = 20 gave back-translated gloss accuracy 0.80, from pure noise 0.12: the denoiser paints readable
 signs once the layout is known, and what fails is deciding the layout from text at high noise.
 
 Training feeds the ground-truth positions (teacher forcing) and trains the stage on them; sampling
