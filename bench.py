@@ -147,7 +147,9 @@ def random_batch(cfg, batch_size: int, vocab_size: int, text_len: int = 8) -> di
     gen = torch.Generator().manual_seed(0)
     video = torch.rand(batch_size, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px, generator=gen) * 2 - 1
     tokens = torch.randint(2, vocab_size, (batch_size, text_len), generator=gen)
-    return dict(video=video, tokens=tokens, token_mask=torch.ones_like(tokens, dtype=torch.bool))
+    # Hand centres for the pose stage's heatmaps (pose_cond): anywhere in the middle of the frame.
+    hand_xy = torch.rand(batch_size, cfg.num_frames, 2, 2, generator=gen) * 0.8 + 0.1
+    return dict(video=video, tokens=tokens, token_mask=torch.ones_like(tokens, dtype=torch.bool), hand_xy=hand_xy)
 
 
 def repeat(batch: dict):

@@ -9,8 +9,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_bench_tiny_writes_json(tmp_path):
     path = tmp_path / "bench.json"
+    # With the pose stage on, as in the cpu preset: its batches need hand positions too.
     proc = subprocess.run([sys.executable, "bench.py", "--preset", "tiny", "--quick", "--threads", "1",
-                           "--json", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--set", "pose_cond", "true", "--json", str(path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(path.read_text())
     train = result["train"]
