@@ -79,6 +79,7 @@ class Config:
     noise_shared_frac: float = 0.0  # share of the noise variance common to all frames (PYoCo); 0 = iid
     timestep_sampling_power: float = 0.0  # training t ~ (t+1)^power; 0 = uniform, 1-2 favour high noise
     cond_drop_prob: float = 0.1  # training: probability of replacing the text by the null text
+    pose_truth_min_t: int = 0  # pose_cond training: true positions in the heatmaps only at t >= this, the stage's below
     pose_loss_weight: float = 10.0  # pose_cond: weight of the hand-position MSE (frame units²) in the loss
     guidance_scale: float = 1.0  # sampling: classifier-free guidance scale (1 = conditional only)
     sampler: str = "ddim"  # ddim | ddpm
@@ -135,7 +136,7 @@ POSITIVE = (
 NON_NEGATIVE = (
     "num_threads", "num_workers", "sample_fps", "warmup_steps", "weight_decay", "grad_clip_norm",
     "sample_every_steps", "motion_loss_weight", "timestep_sampling_power", "frame_cond_depth",
-    "min_lr_ratio", "ddim_eta", "x0_skip_snr", "pose_loss_weight",
+    "min_lr_ratio", "ddim_eta", "x0_skip_snr", "pose_loss_weight", "pose_truth_min_t",
     "max_bad_clip_fraction",
     "output_scale_init", "temporal_modulation_weight",
 )

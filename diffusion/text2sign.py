@@ -211,7 +211,7 @@ class Text2SignDiffusion:
                  min_snr_gamma: float = 5.0, motion_loss_weight: float = 0.0,
                  cond_drop_prob: float = 0.1, timestep_sampling_power: float = 0.0,
                  noise_shared_frac: float = 0.0, x0_skip_snr: float = 0.0,
-                 pose_loss_weight: float = 0.0, device: torch.device | str = "cpu"):
+                 pose_loss_weight: float = 0.0, pose_truth_min_t: int = 0, device: torch.device | str = "cpu"):
         if x0_skip_snr and prediction_type != "x0":
             raise ValueError(f"x0_skip_snr={x0_skip_snr} needs prediction_type 'x0', got {prediction_type!r}")
         self.sched = Schedule.create(beta_schedule, num_timesteps, zero_terminal_snr, device, x0_skip_snr)
@@ -230,6 +230,9 @@ class Text2SignDiffusion:
             raise ValueError(f"noise_shared_frac must be in [0, 1), got {noise_shared_frac}")
         self.noise_shared_frac = noise_shared_frac
         self.pose_loss_weight = pose_loss_weight
+        # Below this step the heatmaps show the pose stage's own prediction, as in sampling, so the
+        # denoiser learns to trust x_t over them where x_t already shows the hands (0 = always true).
+        self.pose_truth_min_t = pose_truth_min_t
 
     @classmethod
     def from_config(cls, cfg, device: torch.device | str = "cpu") -> "Text2SignDiffusion":
@@ -241,7 +244,8 @@ class Text2SignDiffusion:
                    cond_drop_prob=cfg.cond_drop_prob,
                    timestep_sampling_power=cfg.timestep_sampling_power,
                    noise_shared_frac=cfg.noise_shared_frac, x0_skip_snr=cfg.x0_skip_snr,
-                   pose_loss_weight=cfg.pose_loss_weight if cfg.pose_cond else 0.0, device=device)
+                   pose_loss_weight=cfg.pose_loss_weight if cfg.pose_cond else 0.0,
+                   pose_truth_min_t=cfg.pose_truth_min_t, device=device)
 
     @property
     def num_timesteps(self) -> int:
@@ -328,7 +332,9 @@ class Text2SignDiffusion:
         x_t = q_sample(self.sched, x0, t, noise)
         pose_mse = None
         if self.pose_loss_weight > 0 and hand_xy is not None:
-            out, pose = model(x_t, t, tokens, token_mask, drop, hand_xy=hand_xy, return_pose=True)
+            truth = t >= self.pose_truth_min_t if self.pose_truth_min_t > 0 else None
+            out, pose = model(x_t, t, tokens, token_mask, drop, hand_xy=hand_xy, return_pose=True,
+                              truth_mask=truth)
             keep = (~drop).float()
             mse, per_clip = pose_losses(pose.float(), hand_xy.float())
             pose_mse = (mse * keep).sum() / keep.sum().clamp(min=1.0)

@@ -106,3 +106,21 @@ def test_pose_stage_learns_hand_positions_from_text():
 def test_pose_cond_needs_a_dataset_with_hand_positions():
     with pytest.raises(ConfigError, match="pose_cond"):
         make_config("tiny", dict(pose_cond=True, dataset="folder", data_root="/tmp"))
+
+
+def test_truth_mask_shows_the_prediction_where_false_and_training_uses_it_below_min_t():
+    cfg, model = _pose_model()
+    x, t, tokens, mask, hand_xy = _inputs(cfg)
+    pred = model.predict_pose(tokens, mask)
+    mixed = model(x, t, tokens, mask, hand_xy=hand_xy, truth_mask=torch.tensor([True, False]))
+    by_hand = model(x, t, tokens, mask, hand_xy=torch.stack([hand_xy[0], pred[1]]))
+    assert torch.equal(mixed, by_hand)
+    # Training: below pose_truth_min_t the heatmaps show the prediction (t = [3, 30] here).
+    diffusion = Text2SignDiffusion.from_config(make_config("tiny", dict(pose_cond=True, pose_truth_min_t=10)))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    draws = (torch.tensor([3, 30]), noise, torch.tensor([False, False]))
+    got = diffusion.training_losses(model, x.clamp(-1, 1), tokens, mask, draws=draws, hand_xy=hand_xy)
+    x_t = q_sample(diffusion.sched, x.clamp(-1, 1), draws[0], noise)
+    want = model(x_t, draws[0], tokens, mask, draws[2], hand_xy=torch.stack([pred[0], hand_xy[1]]))
+    target = x.clamp(-1, 1)
+    assert got["per_sample"][0].item() == pytest.approx(((want - target) ** 2)[0].mean().item(), rel=1e-5)

@@ -306,12 +306,14 @@ class ViViTDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
                 token_mask: torch.Tensor, drop_text: torch.Tensor | None = None,
-                hand_xy: torch.Tensor | None = None, return_pose: bool = False):
+                hand_xy: torch.Tensor | None = None, return_pose: bool = False,
+                truth_mask: torch.Tensor | None = None):
         """x (B,3,T,H,W) noisy video; t (B,) long; tokens/token_mask (B,L); drop_text (B,) bool.
 
         With the pose stage: `hand_xy` (B,T,2,2) are the hand centres the heatmaps show (training:
-        the ground truth); None uses the stage's own prediction. `return_pose` returns
-        (output, predicted hand_xy) instead of the output alone.
+        the ground truth); None uses the stage's own prediction; `truth_mask` (B,) bool keeps
+        hand_xy only where True (the prediction elsewhere). `return_pose` returns (output,
+        predicted hand_xy) instead of the output alone.
         """
         b, c, frames, height, width_px = x.shape
         if (c, frames, height, width_px) != (3, self.num_frames, self.frame_size_px, self.frame_size_px):
@@ -322,6 +324,8 @@ class ViViTDenoiser(nn.Module):
         if self.pose is not None:
             pose = self.pose(ctx, ctx_mask)
             shown = pose.detach() if hand_xy is None else hand_xy.to(pose.dtype)
+            if hand_xy is not None and truth_mask is not None:
+                shown = torch.where(truth_mask[:, None, None, None], shown, pose.detach())
             heat = hand_heatmaps(shown, self.frame_size_px).to(x.dtype)
             if drop_text is not None:  # the null condition has no pose either
                 heat = heat * (~drop_text).to(x.dtype)[:, None, None, None, None]
