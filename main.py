@@ -233,7 +233,9 @@ def train(argv: list[str]) -> int:
     micro = cfg.batch_size // (cfg.grad_accum_steps * world)
     quartile_sums, quartile_counts = torch.zeros(4), torch.zeros(4)
     window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
-    window_pose_mse = []  # pose_cond: the pose stage's hand-position MSE per micro-batch (this rank's)
+    # pose_cond: sum and count of the pose stage's hand-position MSE per micro-batch (this rank's),
+    # kept on the device like the loss: no host sync per step.
+    window_pose_mse, window_pose_n = torch.zeros((), device=device), 0
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not is_main, dynamic_ncols=True)
     step = start_step
     net.train()
@@ -258,7 +260,8 @@ def train(argv: list[str]) -> int:
                 result = backward(loss_fn, x0.shape[0], scale=1 / cfg.grad_accum_steps)
             step_loss += result["loss"].detach() / cfg.grad_accum_steps
             if "pose_mse" in result:
-                window_pose_mse.append(float(result["pose_mse"]))
+                window_pose_mse += result["pose_mse"]
+                window_pose_n += 1
             sums, counts = per_timestep_mse(result["per_sample"], result["t"], diffusion.num_timesteps)
             bucket = torch.arange(diffusion.num_timesteps) * 4 // diffusion.num_timesteps
             quartile_sums.index_add_(0, bucket, sums)
@@ -290,8 +293,8 @@ def train(argv: list[str]) -> int:
                           samples_per_s=window_samples / elapsed,
                           **{f"loss_q{q + 1}": float(quartile_sums[q] / quartile_counts[q].clamp(min=1))
                              for q in range(4)})
-            if window_pose_mse:  # RMS error of one hand coordinate, in pixels
-                record["pose_rmse_px"] = (sum(window_pose_mse) / len(window_pose_mse)) ** 0.5 * cfg.frame_size_px
+            if window_pose_n:  # RMS error of one hand coordinate, in pixels
+                record["pose_rmse_px"] = (window_pose_mse.item() / window_pose_n) ** 0.5 * cfg.frame_size_px
             if is_main:
                 with open(out_dir / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(record) + "\n")
@@ -303,7 +306,7 @@ def train(argv: list[str]) -> int:
                                 sps=f"{record['samples_per_s']:.1f}")
             quartile_sums.zero_(), quartile_counts.zero_()
             window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
-            window_pose_mse = []
+            window_pose_mse, window_pose_n = torch.zeros((), device=device), 0
 
         # Every rank must agree on stopping at this step (a signal may reach only some of them).
         stop = torch.tensor(float(bool(stop_signal)), device=device)

@@ -157,7 +157,7 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"{'noise tolerance':<16}{NOISE_TOLERANCE:>16.4f}   (one 8-bit level; the long-run "
                      f"target is noise_level <= {2 * NOISE_TOLERANCE:.4f})")
     if "pose_rmse_px" in results:
-        lines.append(f"{'pose_rmse_px':<16}{results['pose_rmse_px']:>14.4f}   (pose stage's hand centres "
+        lines.append(f"{'pose_rmse_px':<16}{results['pose_rmse_px']:>16.4f}   (pose stage's hand centres "
                      "vs the reference, RMS per coordinate; at 32 px the data's own jitter about its "
                      "canonical path is ~1.5 px)")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ feeds the stage's prediction. The null text of classifier-free guidance also dro
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,12 +78,11 @@ class LengthRegulator(nn.Module):
 class PoseStage(nn.Module):
     """Text context -> hand centres (B, frames, NUM_HANDS, 2), (x, y) in frame units [0, 1]."""
 
-    def __init__(self, width: int, frames: int, mlp_ratio: float):
+    def __init__(self, width: int, frames: int, mlp: Callable[[int, float], nn.Sequential], mlp_ratio: float):
+        """`mlp(width, mlp_ratio)`: the denoiser's transformer MLP (passed in: vivit.py imports this file)."""
         super().__init__()
         self.regulator = LengthRegulator(width, frames)
-        hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(approximate="tanh"),
-                                 nn.Linear(hidden, width))
+        self.mlp = nn.Sequential(nn.LayerNorm(width), *mlp(width, mlp_ratio))
         self.head = nn.Linear(width, NUM_HANDS * 2)
         # Start at the frame centre: the loss then only has to learn offsets.
         nn.init.zeros_(self.head.weight)

@@ -269,7 +269,7 @@ class ViViTDenoiser(nn.Module):
         self.activation_checkpointing = activation_checkpointing
         # pose_cond: the pose stage's hand heatmaps join x_t as extra channels (models/.../pose.py).
         self.in_channels = 3 + NUM_HANDS * pose_cond
-        self.pose = PoseStage(width, num_frames, mlp_ratio) if pose_cond else None
+        self.pose = PoseStage(width, num_frames, MLP, mlp_ratio) if pose_cond else None
         self.patch_embed = nn.Conv3d(self.in_channels, width, (tubelet_frames, patch_size_px, patch_size_px),
                                      stride=(tubelet_frames, patch_size_px, patch_size_px))
         self.pos_spatial = nn.Parameter(torch.randn(self.grid_s**2, width) * 0.02)
