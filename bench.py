@@ -143,6 +143,34 @@ class Trainer:
                     data_wait_share=sum(wait_s) / sum(step_s))
 
 
+# Op classes of the profile summary: where the FLOPs run, and everything else (elementwise, copies,
+# norms, optimizer), which MFU pays for without counting.
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul")
+CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
+            "aten::cudnn_convolution", "aten::mkldnn_convolution_backward")
+
+
+def profile_steps(trainer: Trainer, batches, steps: int, top: int = 12) -> dict:
+    """torch.profiler over `steps` training steps: self time per op (ms per step, share of the
+    profiled self time), the matmul and conv shares, and the `top` ops by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.step(next(batches))
+            sync(trainer.device)
+    attr = "self_device_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
+    events = [(e.key, getattr(e, attr), e.count) for e in prof.key_averages()]
+    total_us = sum(us for _, us, _ in events) or 1.0
+    share = lambda names: sum(us for k, us, _ in events if k in names) / total_us  # noqa: E731
+    ranked = sorted(events, key=lambda e: -e[1])[:top]
+    return dict(steps=steps, self_ms_per_step=total_us / 1e3 / steps, matmul_share=share(MATMUL_OPS),
+                conv_share=share(CONV_OPS),
+                top_ops=[dict(op=k, ms_per_step=us / 1e3 / steps, share=us / total_us, calls_per_step=n / steps)
+                         for k, us, n in ranked])
+
+
 def random_batch(cfg, batch_size: int, vocab_size: int, text_len: int = 8) -> dict:
     gen = torch.Generator().manual_seed(0)
     video = torch.rand(batch_size, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px, generator=gen) * 2 - 1
@@ -157,7 +185,7 @@ def repeat(batch: dict):
         yield batch
 
 
-def bench_train(cfg, device, quick: bool) -> tuple[dict, dict, Tokenizer, torch.nn.Module]:
+def bench_train(cfg, device, quick: bool, profile: bool = False) -> tuple[dict, dict, Tokenizer, torch.nn.Module]:
     try:
         dataset = build_dataset(cfg, "train")
     except ImportError as exc:  # a dataset whose optional dependency is missing: time the model alone
@@ -171,11 +199,14 @@ def bench_train(cfg, device, quick: bool) -> tuple[dict, dict, Tokenizer, torch.
     flops = trainer.flops_per_sample(first)
     reset_peak_memory(device)
     timing = trainer.time_steps(batches, warmup=2 if quick else 5, steps=3 if quick else 20)
+    prof = profile_steps(trainer, batches, 2 if quick else 5) if profile else None
     samples_per_s = cfg.batch_size / timing["step_s"]
     result = dict(samples_per_s=samples_per_s, step_s=timing["step_s"], batch_size=cfg.batch_size,
                   flops_per_sample=flops, achieved_gflops=flops * samples_per_s / 1e9,
                   peak_memory_mb=peak_memory_mb(device), data_wait_share=timing["data_wait_share"],
                   first_step_s=timing["first_step_s"], compile=cfg.compile)
+    if prof is not None:
+        result["profile"] = prof
     if dataset is None:
         result["data_wait_share"] = None
     return result, first, tokenizer, trainer.model
@@ -277,6 +308,13 @@ def print_report(r: dict) -> None:
           f"{tr['achieved_gflops']:.1f} GFLOP/s | MFU {100 * tr['mfu']:.1f}% | peak mem "
           f"{tr['peak_memory_mb'] or float('nan'):.0f} MB | data wait {100 * (tr['data_wait_share'] or float('nan')):.1f}% | "
           f"first step {tr['first_step_s']:.2f} s")
+    if "profile" in tr:
+        pr = tr["profile"]
+        print(f"profile  {pr['steps']} steps, self time by op class: matmul {100 * pr['matmul_share']:.1f}%, "
+              f"conv {100 * pr['conv_share']:.1f}%, everything else "
+              f"{100 * (1 - pr['matmul_share'] - pr['conv_share']):.1f}% | top ops (ms/step, share, calls/step):")
+        for o in pr["top_ops"]:
+            print(f"           {o['op'][:48]:<48s} {o['ms_per_step']:8.1f} {100 * o['share']:5.1f}% {o['calls_per_step']:7.0f}")
     print(f"sample   s/clip: DDIM-20 {s['ddim20_s_per_clip']:.3f}, guided {s['ddim20_guided_s_per_clip']:.3f} | "
           f"DDPM-{r['config']['num_timesteps']} {s['ddpm_s_per_clip']:.3f}, guided {s['ddpm_guided_s_per_clip']:.3f} | "
           f"step / bare forward {s['ddim20_step_over_forward']:.2f} (guided {s['ddim20_guided_step_over_forward']:.2f})")
@@ -294,6 +332,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
     parser.add_argument("--compile", default="", choices=["", "on", "off"], help="override cfg.compile")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: sample,scaling")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile a few training steps (torch.profiler): time by op class and the top ops")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="config override, e.g. --set batch_size 32")
     args = parser.parse_args(argv)
@@ -322,7 +362,7 @@ def main(argv: list[str]) -> int:
                    cores=os.cpu_count(), load_avg=os.getloadavg()[0], matmul_n=n)
     if device.type == "cuda":
         machine["bf16_gflops"] = statistics.median(matmul_gflops(device, torch.bfloat16, 8192, reps))
-    train, batch, tokenizer, model = bench_train(cfg, device, args.quick)
+    train, batch, tokenizer, model = bench_train(cfg, device, args.quick, args.profile)
     sample = {} if "sample" in skip else bench_sample(cfg, device, model, batch, args.quick)
     scaling = {} if "scaling" in skip else bench_scaling(cfg, device, len(tokenizer), args.quick)
     ceiling += matmul_gflops(device, torch.float32, n, reps)  # again at the end: load changes

@@ -58,11 +58,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--timesteps", default="all", help="'all' or a comma list, e.g. 0,10,25,49")
     p.add_argument("--num-clips", type=int, default=0, help="validation clips (0 = the whole val split)")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation noise")
-    p.add_argument("--steps", type=int, default=SELF_CHECK_STEPS, help="self-check: training steps per model")
+    p.add_argument("--steps", type=int, default=SELF_CHECK_STEPS, help="self-check: training steps per model (0: untrained)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: tiny ops gain nothing from more, and shared cores thrash)")
     p.add_argument("--json", help="write the tables, thresholds and verdicts to this file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.steps < 0:
+        p.error(f"--steps {args.steps}: expected 0 (the untrained models) or more training steps")
+    return args
 
 
 def parse_timesteps(text: str, num_timesteps: int) -> list[int]:
@@ -96,6 +99,7 @@ def train_briefly(cfg, vocab_size: int, videos, tokens, mask, steps: int, seed: 
     diffusion = Text2SignDiffusion.from_config(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
+    loss = torch.tensor(float("nan"))  # --steps 0: the untrained model (historical: the identity)
     for _ in range(steps):
         idx = torch.randint(0, len(videos), (cfg.batch_size,), generator=gen)
         loss = diffusion.training_losses(model, videos[idx], tokens[idx], mask[idx], generator=gen)["loss"]

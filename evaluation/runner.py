@@ -22,6 +22,7 @@ import torch
 
 from config import Config
 from data import build_dataset
+from data.signer import sentence_trajectory
 from data.text import Tokenizer
 from diffusion.text2sign import Text2SignDiffusion, q_sample, training_target
 from evaluation.metrics import (NOISE_TOLERANCE, back_translate, dtw_hand_error, gloss_accuracy, gloss_wer, motion_ratio,
@@ -57,6 +58,15 @@ def score_synthetic(videos: torch.Tensor, refs: list[dict[str, Any]]) -> dict[st
         totals["noise_level"] += noise_level(video, ref["video"])
         totals["motion_ratio"] += motion_ratio(xy, ref["hand_xy"].numpy(), found, ref["hand_visible"].numpy())
     return {k: v / len(refs) for k, v in totals.items()}
+
+
+def canonical_dtw_floor(refs: list[dict[str, Any]], num_frames: int) -> float:
+    """Mean DTW hand error of each sentence's canonical track (centred body, no style, speed or
+    amplitude jitter: the motion the text alone implies) against the reference track. A model that
+    sees only the text cannot do much better: the style's body offset and scale and the timing
+    jitter are not in the text. (`other_rendering` scores a random rendering, about √2 of this.)"""
+    return sum(dtw_hand_error(sentence_trajectory(r["glosses"], num_frames)[0], r["hand_xy"].numpy(),
+                              None, r["hand_visible"].numpy()) for r in refs) / len(refs)
 
 
 def score_real(videos: torch.Tensor, refs: list[dict[str, Any]]) -> dict[str, float]:
@@ -136,6 +146,8 @@ def evaluate_model(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokeni
     if synthetic:
         results["other_rendering"] = score(torch.stack([dataset.rerender(i) for i in range(n)]), refs)
     results["prompt_ranking_top1"] = prompt_ranking(model, diffusion, tokenizer, refs, cfg, seed)
+    if synthetic:
+        results["canonical_dtw_floor"] = canonical_dtw_floor(refs, cfg.num_frames)
     if synthetic and getattr(model, "pose", None) is not None:
         results["pose_rmse_px"] = pose_error_px(model, tokenizer, refs, cfg)
     results["meta"] = dict(split=split, num_clips=n, sampler=cfg.sampler, sampling_steps=cfg.sampling_steps,
@@ -156,6 +168,9 @@ def format_table(results: dict[str, Any]) -> str:
     if "noise_level" in results["intended"]:
         lines.append(f"{'noise tolerance':<16}{NOISE_TOLERANCE:>16.4f}   (one 8-bit level; the long-run "
                      f"target is noise_level <= {2 * NOISE_TOLERANCE:.4f})")
+    if "canonical_dtw_floor" in results:
+        lines.append(f"{'dtw floor':<16}{results['canonical_dtw_floor']:>16.4f}   (DTW hand error of the "
+                     "canonical track the text implies: centred body, no style or timing jitter)")
     if "pose_rmse_px" in results:
         lines.append(f"{'pose_rmse_px':<16}{results['pose_rmse_px']:>16.4f}   (pose stage's hand centres "
                      "vs the reference, RMS per coordinate; at 32 px the data's own jitter about its "

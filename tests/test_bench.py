@@ -11,7 +11,7 @@ def test_bench_tiny_writes_json(tmp_path):
     path = tmp_path / "bench.json"
     # With the pose stage on, as in the cpu preset: its batches need hand positions too.
     proc = subprocess.run([sys.executable, "bench.py", "--preset", "tiny", "--quick", "--threads", "1",
-                           "--set", "pose_cond", "true", "--json", str(path)],
+                           "--set", "pose_cond", "true", "--profile", "--json", str(path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(path.read_text())
@@ -24,3 +24,11 @@ def test_bench_tiny_writes_json(tmp_path):
     assert set(result["scaling"]["frames"]) == {"8", "16", "32", "64"}
     assert result["machine"]["fp32_gflops"] > 0
     assert "MFU" in proc.stdout
+    # --profile: op-class shares of the profiled self time, and the top ops (the matmuls among them)
+    prof = train["profile"]
+    assert 0 < prof["matmul_share"] < 1 and 0 < prof["conv_share"] < 1
+    assert prof["matmul_share"] + prof["conv_share"] < 1
+    assert any(o["op"] in ("aten::mm", "aten::addmm") for o in prof["top_ops"])
+    shares = [o["share"] for o in prof["top_ops"]]
+    assert shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-9
+    assert "profile" in proc.stdout

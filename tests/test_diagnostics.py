@@ -143,6 +143,22 @@ def test_quick_test_fixes_self_check_plumbing(tmp_path, capsys):
     assert "Self-check" in capsys.readouterr().out
 
 
+def test_quick_test_fixes_untrained_self_check_is_the_identity_and_fails(tmp_path):
+    path = tmp_path / "untrained.json"
+    code = quick_test_fixes.main(["--steps", "0", "--timesteps", "0,49", "--num-clips", "4", "--json", str(path)])
+    models = json.loads(path.read_text())["models"]
+    hist, fixed = models["historical (residual_input)"], models["fixed"]
+    for row in hist["rows"]:  # zero-init head: out = x_t exactly, the seed's bug in pure form
+        assert row["eps_mse"] == pytest.approx(row["identity_baseline"], rel=1e-5)
+    assert hist["rows"][0]["eps_mse"] > hist["rows"][0]["zero_baseline"] and hist["signature"]
+    for row in fixed["rows"]:  # outputs zero: skill exactly 0, not a pass
+        assert row["skill"] == pytest.approx(0.0, abs=1e-6)
+    assert not fixed["passed"] and code == 1
+    with pytest.raises(SystemExit) as exc:
+        quick_test_fixes.main(["--steps", "-1"])
+    assert exc.value.code == 2
+
+
 def test_debug_sampling_writes_videos_pngs_and_stats(tiny_run, tmp_path, capsys):
     out, stats = tmp_path / "dbg", tmp_path / "stats.json"
     code = debug_vivit_sampling.main(["--experiment", "diag", "--output_dir", str(tiny_run), "--out", str(out),

@@ -8,7 +8,7 @@ from config import make_config
 from data.synthetic import SyntheticSignDataset
 from data.text import Tokenizer
 from diffusion.text2sign import Text2SignDiffusion
-from evaluation.runner import CONDITIONS, evaluate_run, prompt_ranking, score_synthetic
+from evaluation.runner import CONDITIONS, canonical_dtw_floor, evaluate_run, prompt_ranking, score_synthetic
 from models import build_model
 
 
@@ -29,6 +29,19 @@ def test_ground_truth_scores_perfect_and_wrong_videos_score_wrong():
     assert wrong_prompt["gloss_accuracy"] < 0.5 and wrong_prompt["dtw_hand_error"] > truth["dtw_hand_error"]
     assert frozen["gloss_accuracy"] < 0.5 and frozen["motion_ratio"] < 0.2
     assert pure_noise["gloss_accuracy"] < 0.5 and pure_noise["noise_level"] > 0.1
+
+
+def test_canonical_dtw_floor_is_zero_on_canonical_tracks_and_grows_with_an_offset():
+    from data.signer import sentence_trajectory
+
+    refs = _refs()
+    canonical = [dict(r, hand_xy=torch.from_numpy(sentence_trajectory(r["glosses"], 16)[0]),
+                      hand_visible=torch.ones(16, 2, dtype=torch.bool)) for r in refs]
+    assert canonical_dtw_floor(canonical, 16) < 1e-6
+    shifted = [dict(r, hand_xy=r["hand_xy"] + torch.tensor([0.03, 0.0])) for r in canonical]
+    assert abs(canonical_dtw_floor(shifted, 16) - 0.03) < 1e-4  # every frame off by 0.03 in x
+    # Rendered references (a style's body offset/scale and timing jitter): well above zero
+    assert 0.01 < canonical_dtw_floor(refs, 16) < 0.1
 
 
 class _Oracle(torch.nn.Module):
