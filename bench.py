@@ -153,11 +153,11 @@ CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_co
 def profile_steps(trainer: Trainer, batches, steps: int, top: int = 12) -> dict:
     """torch.profiler over `steps` training steps: self time per op (ms per step, share of the
     profiled self time), the matmul and conv shares, and the `top` ops by self time."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
     # profile_all_threads: the CPU streams run their forward and backward in worker threads.
-    config = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+    config = _ExperimentalConfig(profile_all_threads=True)
     with profile(activities=activities, experimental_config=config) as prof:
         for _ in range(steps):
             trainer.step(next(batches))
