@@ -165,10 +165,11 @@ def profile_steps(trainer: Trainer, batches, steps: int, top: int = 12) -> dict:
     attr = "self_device_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
     events = [(e.key, getattr(e, attr), e.count) for e in prof.key_averages()]
     total_us = sum(us for _, us, _ in events) or 1.0
-    share = lambda names: sum(us for k, us, _ in events if k in names) / total_us  # noqa: E731
+    matmul_us = sum(us for k, us, _ in events if k in MATMUL_OPS)
+    conv_us = sum(us for k, us, _ in events if k in CONV_OPS)
     ranked = sorted(events, key=lambda e: -e[1])[:top]
-    return dict(steps=steps, self_ms_per_step=total_us / 1e3 / steps, matmul_share=share(MATMUL_OPS),
-                conv_share=share(CONV_OPS),
+    return dict(steps=steps, self_ms_per_step=total_us / 1e3 / steps, matmul_share=matmul_us / total_us,
+                conv_share=conv_us / total_us,
                 top_ops=[dict(op=k, ms_per_step=us / 1e3 / steps, share=us / total_us, calls_per_step=n / steps)
                          for k, us, n in ranked])
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from config import make_config
+from data.signer import sentence_trajectory
 from data.synthetic import SyntheticSignDataset
 from data.text import Tokenizer
 from diffusion.text2sign import Text2SignDiffusion
@@ -32,8 +33,6 @@ def test_ground_truth_scores_perfect_and_wrong_videos_score_wrong():
 
 
 def test_canonical_dtw_floor_is_zero_on_canonical_tracks_and_grows_with_an_offset():
-    from data.signer import sentence_trajectory
-
     refs = _refs()
     canonical = [dict(r, hand_xy=torch.from_numpy(sentence_trajectory(r["glosses"], 16)[0]),
                       hand_visible=torch.ones(16, 2, dtype=torch.bool)) for r in refs]
