@@ -87,11 +87,11 @@ class Attention(nn.Module):
             return self.proj(out.transpose(1, 2).reshape(x.shape))
         seq = seq_dim % dims
         batch_dims = [i for i in range(dims - 1) if i != seq]
-        to_heads = (*batch_dims, dims - 1, seq, dims)  # (..., H, hd) with L at seq -> (*batch, H, L, hd)
-        w_k, w_v = self.kv.weight.chunk(2)
-        b_k, b_v = self.kv.bias.chunk(2)
-        q, k, v = (F.linear(x, w, b).unflatten(-1, (heads, -1)).permute(to_heads)
-                   for w, b in ((self.q.weight, self.q.bias), (w_k, b_k), (w_v, b_v)))
+        # q, k and v from one matmul on the concatenated weights (the parameters stay `q` and `kv`,
+        # so checkpoints load): one GEMM of width 3D instead of three of D, forward and backward.
+        qkv = F.linear(x, torch.cat([self.q.weight, self.kv.weight]), torch.cat([self.q.bias, self.kv.bias]))
+        # (..., L at seq, ..., 3, H, hd) -> (3, *batch, H, L, hd)
+        q, k, v = qkv.unflatten(-1, (3, heads, -1)).permute(dims - 1, *batch_dims, dims, seq, dims + 1).unbind(0)
         out = attention(q, k, v)  # (*batch, H, L, hd)
         nb = len(batch_dims)
         back = [nb + 1 if i == seq else batch_dims.index(i) for i in range(dims - 1)] + [nb, nb + 2]
