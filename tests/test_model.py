@@ -126,3 +126,22 @@ def test_long_skips_start_as_identity_and_carry_signal():
         assert torch.allclose(skipped(x, t, tokens, mask), plain(x, t, tokens, mask), atol=1e-6)
         skipped.skips[0].weight[:, skipped.width:].normal_(0, 0.05)  # open the skip
         assert (skipped(x, t, tokens, mask) - plain(x, t, tokens, mask)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("seq_dim", [1, 2])
+def test_self_attention_over_any_axis_matches_a_reference(seq_dim):
+    """Attention along axis seq_dim of (B, T, N, D) tokens = standard multi-head attention on that
+    axis moved next to D (the fused q/k/v projection and head layout must not mix heads or axes)."""
+    from models.architectures.vivit import Attention
+    torch.manual_seed(0)
+    att = Attention(width=32, heads=4)
+    x = torch.randn(2, 3, 5, 32)
+    seq_first = x.movedim(seq_dim, -2)  # (..., L, D)
+    lead = seq_first.shape[:-2]
+    flat = seq_first.reshape(-1, *seq_first.shape[-2:])
+    q = torch.nn.functional.linear(flat, att.q.weight, att.q.bias)
+    k, v = torch.nn.functional.linear(flat, att.kv.weight, att.kv.bias).chunk(2, dim=-1)
+    heads = [t.unflatten(-1, (4, 8)).transpose(1, 2) for t in (q, k, v)]  # (M, H, L, hd)
+    ref = torch.nn.functional.scaled_dot_product_attention(*heads).transpose(1, 2).flatten(-2)
+    ref = att.proj(ref).reshape(*lead, *seq_first.shape[-2:]).movedim(-2, seq_dim)
+    torch.testing.assert_close(att(x, seq_dim=seq_dim), ref, rtol=1e-5, atol=1e-6)

@@ -89,9 +89,10 @@ class Attention(nn.Module):
         batch_dims = [i for i in range(dims - 1) if i != seq]
         # q, k and v from one matmul on the concatenated weights (the parameters stay `q` and `kv`,
         # so checkpoints load): one GEMM of width 3D instead of three of D, forward and backward.
-        qkv = F.linear(x, torch.cat([self.q.weight, self.kv.weight]), torch.cat([self.q.bias, self.kv.bias]))
+        w_qkv = torch.cat([self.q.weight, self.kv.weight])
+        qkv = F.linear(x, w_qkv, torch.cat([self.q.bias, self.kv.bias])).unflatten(-1, (3, heads, -1))
         # (..., L at seq, ..., 3, H, hd) -> (3, *batch, H, L, hd)
-        q, k, v = qkv.unflatten(-1, (3, heads, -1)).permute(dims - 1, *batch_dims, dims, seq, dims + 1).unbind(0)
+        q, k, v = qkv.permute(dims - 1, *batch_dims, dims, seq, dims + 1).unbind(0)
         out = attention(q, k, v)  # (*batch, H, L, hd)
         nb = len(batch_dims)
         back = [nb + 1 if i == seq else batch_dims.index(i) for i in range(dims - 1)] + [nb, nb + 2]
