@@ -24,8 +24,8 @@ from config import make_config
 from data import build_dataset
 from data.text import Tokenizer
 from diffusion.text2sign import Text2SignDiffusion
-from evaluation.timesteps import (THRESHOLDS, add_text_gain, format_table, format_text_gain,
-                                  thresholds_help, timestep_table, verdict)
+from evaluation.timesteps import (THRESHOLDS, add_pose_gain, add_text_gain, format_pose_gain, format_table,
+                                  format_text_gain, thresholds_help, timestep_table, verdict)
 from models import build_model
 
 # The self-check's one config, shared by both variants (HISTORICAL adds the seed's pre-repair
@@ -83,12 +83,14 @@ def parse_timesteps(text: str, num_timesteps: int) -> list[int]:
 
 
 def val_batch(cfg, tokenizer: Tokenizer, num_clips: int):
-    """The fixed validation clips: the first `num_clips` of the val split (all if 0) and their captions."""
+    """The fixed validation clips: the first `num_clips` of the val split (all if 0), their captions,
+    and their hand positions (None where the data has no hand labels)."""
     val = build_dataset(cfg, "val")
     n = len(val) if num_clips <= 0 else min(num_clips, len(val))
     items = [val[i] for i in range(n)]
     tokens, mask = tokenizer.batch([it["caption"] for it in items], cfg.max_text_len_tokens)
-    return torch.stack([it["video"] for it in items]).float(), tokens, mask
+    hand_xy = torch.stack([it["hand_xy"] for it in items]).float() if "hand_xy" in items[0] else None
+    return torch.stack([it["video"] for it in items]).float(), tokens, mask, hand_xy
 
 
 def train_briefly(cfg, vocab_size: int, videos, tokens, mask, steps: int, seed: int = 0):
@@ -117,7 +119,7 @@ def self_check(args) -> tuple[dict, int]:
     tokenizer = Tokenizer.from_captions(train.captions)
     videos = torch.stack([train[i]["video"] for i in range(len(train))]).float()
     tokens, mask = tokenizer.batch(train.captions, base.max_text_len_tokens)
-    val_videos, val_tokens, val_mask = val_batch(base, tokenizer, args.num_clips)
+    val_videos, val_tokens, val_mask, _ = val_batch(base, tokenizer, args.num_clips)
     timesteps = parse_timesteps(args.timesteps, base.num_timesteps)
     print(f"Self-check: tiny ViViT ({base.num_frames} frames x {base.frame_size_px} px, patch "
           f"{base.patch_size_px}, {base.prediction_type} prediction, {base.loss_weighting} weighting), "
@@ -162,7 +164,7 @@ def check_run(args) -> tuple[dict, int]:
                    use_ema=not args.raw)
     cfg = run.cfg
     timesteps = parse_timesteps(args.timesteps, cfg.num_timesteps)
-    videos, tokens, mask = val_batch(cfg, run.tokenizer, args.num_clips)
+    videos, tokens, mask, hand_xy = val_batch(cfg, run.tokenizer, args.num_clips)
     weights = "raw" if args.raw else "EMA"
     name = f"{cfg.experiment_name} step {run.step} ({weights}, {cfg.prediction_type})"
     print(f"Checkpoint {run.path}: step {run.step}, {weights} weights, {cfg.prediction_type} prediction, "
@@ -177,16 +179,26 @@ def check_run(args) -> tuple[dict, int]:
     print("\nText conditioning: x0-MSE with another clip's caption / with the clip's own "
           "(1.00× = the text is ignored)")
     print(format_text_gain(rows))
+    attribution = []
+    if cfg.pose_cond and hand_xy is not None:
+        # The same x_t with the true hand positions in the heatmaps (as in training): how much of the
+        # error is the pose stage's placing of the hands, how much the denoiser's own.
+        true_pose = timestep_table(run.model, run.diffusion, videos, tokens, mask, timesteps, seed=args.seed,
+                                   hand_xy=hand_xy)
+        attribution = add_pose_gain(rows, true_pose)
+        print("\nPose stage: x0-MSE with its hand heatmaps (as sampled) / with the true hand positions "
+              "(as trained)")
+        print(format_pose_gain(rows))
     print()
     v = verdict(rows, cfg.num_timesteps)
     lo, hi = rows[0], rows[-1]
     print(f"Low/high ratio: eps-MSE {lo['eps_mse']:.4f} at t={lo['t']} / {hi['eps_mse']:.4f} at t={hi['t']} "
           f"= {v.ratio:.4g}×")
-    print("\n".join(v.lines))
+    print("\n".join(v.lines + attribution))
     wall = time.perf_counter() - t_start
     print(f"({wall:.1f} s wall)")
     report = {name: dict(rows=rows, verdict=v.to_dict(), passed=v.passed, signature=v.signature,
-                         residual_input=cfg.residual_input)}
+                         residual_input=cfg.residual_input, pose_attribution=attribution)}
     return dict(mode="checkpoint", checkpoint=str(run.path), step=run.step, use_ema=not args.raw,
                 config=cfg.to_dict(), wall_s=wall, models=report, passed=v.passed), 0 if v.passed else 1
 

@@ -77,11 +77,13 @@ def baselines(x_t: torch.Tensor, noise: torch.Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def timestep_table(model: torch.nn.Module, diffusion: Text2SignDiffusion, videos: torch.Tensor,
                    tokens: torch.Tensor, token_mask: torch.Tensor, timesteps: list[int], *,
-                   seed: int = 0, batch_size: int = 16) -> list[dict[str, float]]:
+                   seed: int = 0, batch_size: int = 16,
+                   hand_xy: torch.Tensor | None = None) -> list[dict[str, float]]:
     """One row per timestep (see the module docstring) on `videos` (N,3,T,H,W) with their captions.
 
     The noise for timestep t comes from a generator seeded by (seed, t), so two models evaluated with
-    the same seed see exactly the same x_t, and so do the baselines.
+    the same seed see exactly the same x_t, and so do the baselines. `hand_xy` (N,T,2,2): a pose-stage
+    model is shown these hand positions (as in training) instead of its own prediction (as sampled).
     """
     sched = diffusion.sched
     device = next(model.parameters()).device
@@ -98,7 +100,8 @@ def timestep_table(model: torch.nn.Module, diffusion: Text2SignDiffusion, videos
         for start in range(0, videos.shape[0], batch_size):
             part = slice(start, start + batch_size)
             xt_b, t_b = x_t[part].to(device), t[part].to(device)
-            out = model(xt_b, t_b, tokens[part].to(device), token_mask[part].to(device))
+            pose = {} if hand_xy is None else {"hand_xy": hand_xy[part].to(device)}
+            out = model(xt_b, t_b, tokens[part].to(device), token_mask[part].to(device), **pose)
             x0_pred, eps_pred = model_output_to_x0_eps(sched, diffusion.prediction_type, xt_b, t_b,
                                                        out.float(), clip_x0=False)
             sums[0] += (eps_pred.cpu().double() - noise[part].double()).pow(2).sum()
@@ -129,6 +132,38 @@ def format_text_gain(rows: list[dict]) -> str:
     lines = [f"{'t':>4} {'x0-MSE true':>12} {'shuffled':>10} {'text gain':>10}"]
     lines += [f"{r['t']:>4} {r['x0_mse']:>12.4g} {r['x0_mse_shuffled']:>10.4g} {r['text_gain']:>9.3f}×"
               for r in rows]
+    return "\n".join(lines)
+
+
+def add_pose_gain(rows: list[dict], true_pose_rows: list[dict], th: Thresholds = THRESHOLDS) -> list[str]:
+    """Put `x0_mse_true_pose` and `skill_true_pose` (the same table with the true hand positions in the
+    heatmaps) in `rows`; return the lines that attribute the failing timesteps: to the pose stage's
+    hand positions where the true ones make the denoiser pass, to the denoiser where they do not."""
+    for row, other in zip(rows, true_pose_rows, strict=True):
+        if row["t"] != other["t"]:
+            raise ValueError("pose gain needs the same timesteps in both tables")
+        row["x0_mse_true_pose"] = other["x0_mse"]
+        row["skill_true_pose"] = 1.0 - other["eps_mse"] / other["zero_baseline"]
+    failing = [r for r in rows if r["skill"] < th.min_skill]
+    by_pose = [r["t"] for r in failing if r["skill_true_pose"] >= th.min_skill]
+    own = [r["t"] for r in failing if r["skill_true_pose"] < th.min_skill]
+    lines = []
+    if by_pose:
+        lines.append(f"   With the true hand positions it passes at t = {_ts(by_pose)}: the pose stage's "
+                     "hand positions cause the failure there")
+    if own:
+        lo = min((r for r in failing if r["t"] in own), key=lambda r: r["t"])
+        lines.append(f"   With the true hand positions it still fails at t = {_ts(own)}: the denoiser's own error "
+                     f"(they take {1 - lo['x0_mse_true_pose'] / lo['x0_mse']:.0%} off the x0-MSE at t={lo['t']})")
+    return lines
+
+
+def format_pose_gain(rows: list[dict]) -> str:
+    """x0-MSE with the pose stage's hand heatmaps (as sampled) and with the true positions (as trained),
+    beside the x0-MSE of doing nothing (x0 = x_t / sqrt(ᾱ): E[eps²] / SNR), which a denoiser must beat."""
+    lines = [f"{'t':>4} {'stage heatmaps':>15} {'true positions':>15} {'do nothing':>11}"]
+    lines += [f"{r['t']:>4} {r['x0_mse']:>15.4g} {r['x0_mse_true_pose']:>15.4g} "
+              f"{r['zero_baseline'] / r['snr']:>11.4g}" for r in rows]
     return "\n".join(lines)
 
 

@@ -10,8 +10,8 @@ import main as train_main
 import quick_test_fixes
 from config import make_config
 from diffusion.text2sign import Text2SignDiffusion
-from evaluation.timesteps import (PASS_LINES, add_text_gain, baselines, seed_signature, timestep_table,
-                                  verdict)
+from evaluation.timesteps import (PASS_LINES, add_pose_gain, add_text_gain, baselines, seed_signature,
+                                  timestep_table, verdict)
 from models import build_model
 
 T = 50
@@ -202,3 +202,42 @@ def test_text_gain_is_one_for_a_text_blind_model_and_not_for_a_conditioned_one()
             assert all(r["text_gain"] > 1e3 for r in add_text_gain(rows, other))
     with pytest.raises(ValueError, match="same timesteps"):
         add_text_gain(rows, other[::-1])
+
+
+def test_pose_gain_passes_each_clips_hand_positions_and_attributes_the_failure():
+    diffusion = Text2SignDiffusion(num_timesteps=50, prediction_type="x0")
+    videos = torch.rand(5, 3, 2, 4, 4) * 2 - 1
+    tokens, mask = torch.full((5, 1), 2), torch.ones(5, 1, dtype=torch.bool)
+    hand_xy = torch.arange(5.0)[:, None, None, None].expand(5, 2, 2, 2)  # clip i's positions encode i
+
+    class UsesPose(torch.nn.Module):  # exact x0 given the true positions; its own guess (0) otherwise
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, x, t, tok, m, drop=None, hand_xy=None):
+            return torch.zeros_like(x) if hand_xy is None else self.w * videos[hand_xy[:, 0, 0, 0].long()]
+
+    ts = [0, 25, 49]
+    rows = timestep_table(UsesPose(), diffusion, videos, tokens, mask, ts, seed=1, batch_size=2)
+    true = timestep_table(UsesPose(), diffusion, videos, tokens, mask, ts, seed=1, batch_size=2, hand_xy=hand_xy)
+    assert all(r["x0_mse"] == 0.0 for r in true)  # every batch slice got its own clips' positions
+    lines = add_pose_gain(rows, true)
+    assert [r["x0_mse_true_pose"] for r in rows] == [0.0, 0.0, 0.0]
+    assert rows[0]["skill"] < 0 and rows[0]["skill_true_pose"] == pytest.approx(1.0)
+    assert len(lines) == 1 and "passes at t = 0" in lines[0] and "pose stage" in lines[0]
+    assert "still fails" in add_pose_gain(rows, rows)[0]  # the same error with the truth: the denoiser's
+
+
+def test_quick_test_fixes_attributes_a_pose_model(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert train_main.main(["--preset", "tiny", "--max_steps", "2", "--experiment_name", "pose", "--pose_cond",
+                            "true", "--output_dir", str(out), "--num_threads", "1"]) == 0
+    path = tmp_path / "pose.json"
+    quick_test_fixes.main(["--experiment", "pose", "--output_dir", str(out), "--timesteps", "0,49",
+                           "--num-clips", "4", "--json", str(path)])
+    (model,) = json.loads(path.read_text())["models"].values()
+    assert all({"x0_mse_true_pose", "skill_true_pose"} <= set(r) for r in model["rows"])
+    assert not model["passed"]  # 2 steps: fails somewhere, and every failing t is attributed
+    assert model["pose_attribution"] and all("true hand positions" in line for line in model["pose_attribution"])
+    assert "Pose stage: x0-MSE" in capsys.readouterr().out
