@@ -260,6 +260,7 @@ def test_prepare_cli_and_yaml_presets(wlasl_root, tmp_path):
     for name in ("how2sign", "phoenix", "wlasl", "folder"):
         cfg, _ = parse_cli(["--config", os.path.join(ROOT, "configs", f"{name}.yaml"), "--data_root", "/d"])
         assert cfg.dataset == name and cfg.pose_cond is False  # the pose stage needs hand labels
+        assert cfg.motion_loss_weight == 4.0  # without the pose stage this is what moves the hands (row 2)
 
 
 @pytest.mark.parametrize("dataset", ["how2sign", "phoenix", "wlasl", "folder"])
