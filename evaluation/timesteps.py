@@ -163,7 +163,7 @@ def format_pose_gain(rows: list[dict]) -> str:
     beside the x0-MSE of doing nothing (x0 = x_t / sqrt(ᾱ): E[eps²] / SNR), which a denoiser must beat."""
     lines = [f"{'t':>4} {'stage heatmaps':>15} {'true positions':>15} {'do nothing':>11}"]
     lines += [f"{r['t']:>4} {r['x0_mse']:>15.4g} {r['x0_mse_true_pose']:>15.4g} "
-              f"{r['zero_baseline'] / r['snr']:>11.4g}" for r in rows]
+              f"{r['zero_baseline'] / r['snr'] if r['snr'] > 0 else math.inf:>11.4g}" for r in rows]
     return "\n".join(lines)
 
 
