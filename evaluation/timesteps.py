@@ -115,14 +115,20 @@ def timestep_table(model: torch.nn.Module, diffusion: Text2SignDiffusion, videos
     return rows
 
 
+def _paired(rows: list[dict], other_rows: list[dict], what: str):
+    """(row, other) pairs of two tables of the same timesteps (the same clips and x_t, one change)."""
+    for row, other in zip(rows, other_rows, strict=True):
+        if row["t"] != other["t"]:
+            raise ValueError(f"{what} needs the same timesteps in both tables")
+        yield row, other
+
+
 def add_text_gain(rows: list[dict], shuffled_rows: list[dict]) -> list[dict]:
     """Put `x0_mse_shuffled` and `text_gain` = x0-MSE(shuffled captions) / x0-MSE(true captions) in
     `rows`. `shuffled_rows` is the same table (same clips, seed, timesteps, hence the same x_t) with
     each clip given another clip's caption. 1.00 means the denoiser ignores the text at that t;
     a conditioned model gains most at mid-to-high noise, where x_t no longer shows the hands."""
-    for row, other in zip(rows, shuffled_rows, strict=True):
-        if row["t"] != other["t"]:
-            raise ValueError("text gain needs the same timesteps in both tables")
+    for row, other in _paired(rows, shuffled_rows, "text gain"):
         row["x0_mse_shuffled"] = other["x0_mse"]
         row["text_gain"] = other["x0_mse"] / row["x0_mse"] if row["x0_mse"] > 0 else math.inf
     return rows
@@ -139,22 +145,21 @@ def add_pose_gain(rows: list[dict], true_pose_rows: list[dict], th: Thresholds =
     """Put `x0_mse_true_pose` and `skill_true_pose` (the same table with the true hand positions in the
     heatmaps) in `rows`; return the lines that attribute the failing timesteps: to the pose stage's
     hand positions where the true ones make the denoiser pass, to the denoiser where they do not."""
-    for row, other in zip(rows, true_pose_rows, strict=True):
-        if row["t"] != other["t"]:
-            raise ValueError("pose gain needs the same timesteps in both tables")
+    for row, other in _paired(rows, true_pose_rows, "pose gain"):
         row["x0_mse_true_pose"] = other["x0_mse"]
         row["skill_true_pose"] = 1.0 - other["eps_mse"] / other["zero_baseline"]
     failing = [r for r in rows if r["skill"] < th.min_skill]
-    by_pose = [r["t"] for r in failing if r["skill_true_pose"] >= th.min_skill]
-    own = [r["t"] for r in failing if r["skill_true_pose"] < th.min_skill]
+    by_pose = [r for r in failing if r["skill_true_pose"] >= th.min_skill]
+    own = [r for r in failing if r["skill_true_pose"] < th.min_skill]
     lines = []
     if by_pose:
-        lines.append(f"   With the true hand positions it passes at t = {_ts(by_pose)}: the pose stage's "
-                     "hand positions cause the failure there")
+        lines.append(f"   With the true hand positions it passes at t = {_ts([r['t'] for r in by_pose])}: "
+                     "the pose stage's hand positions cause the failure there")
     if own:
-        lo = min((r for r in failing if r["t"] in own), key=lambda r: r["t"])
-        lines.append(f"   With the true hand positions it still fails at t = {_ts(own)}: the denoiser's own error "
-                     f"(they take {1 - lo['x0_mse_true_pose'] / lo['x0_mse']:.0%} off the x0-MSE at t={lo['t']})")
+        lo = min(own, key=lambda r: r["t"])
+        lines.append(f"   With the true hand positions it still fails at t = {_ts([r['t'] for r in own])}: the "
+                     f"denoiser's own error (they take {1 - lo['x0_mse_true_pose'] / lo['x0_mse']:.0%} off the "
+                     f"x0-MSE at t={lo['t']})")
     return lines
 
 
