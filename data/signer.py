@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data import skeleton
+
 RIGHT_GLOVE_RGB = np.array([1.0, 0.86, 0.0], np.float32)  # yellow
 LEFT_GLOVE_RGB = np.array([1.0, 0.0, 0.9], np.float32)  # magenta
 HAND_RGB = np.stack([RIGHT_GLOVE_RGB, LEFT_GLOVE_RGB])  # (2, 3), [right, left]
@@ -326,9 +328,10 @@ def render_sentence(glosses: list[str], num_frames: int, frame_size_px: int,
     shirt = style.shirt_rgb
     sleeve = shirt * 0.72 if shirt.mean() > 0.3 else shirt + 0.45 * (0.55 - shirt)
     cov_hand, vis_hand = [None, None], [None, None]
+    elbows = np.zeros((num_frames, 2, 2), np.float32)
     for hand, outward in ((1, 1.0), (0, -1.0)):  # left first: the right (dominant) hand is in front
         h = hand_xy[:, hand]
-        e = _elbows(shoulders[hand], h, outward, s)
+        e = elbows[:, hand] = _elbows(shoulders[hand], h, outward, s)
         col = lambda a: a[:, None, None]  # noqa: E731  (T,) -> (T, 1, 1)
         arm = np.minimum(  # upper arm and forearm share a colour: one layer
             _sdf_capsule(x, y, shoulders[hand, 0], shoulders[hand, 1], col(e[:, 0]), col(e[:, 1]), 0.042 * s),
@@ -345,4 +348,29 @@ def render_sentence(glosses: list[str], num_frames: int, frame_size_px: int,
                 cov_hand[hand] = vis_hand[hand] = a
     visible = np.stack([vis_hand[h].sum((1, 2)) >= 0.5 * cov_hand[h].sum((1, 2)) for h in range(2)], 1)
     video = np.ascontiguousarray((np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 3, 0))
-    return dict(video=video, hand_xy=hand_xy, hand_visible=visible, gloss_spans=spans, style=style)
+    pose_xy, pose_visible = _skeleton(style, shoulders, elbows, hand_xy, hand_radius)
+    return dict(video=video, hand_xy=hand_xy, hand_visible=visible, pose_xy=pose_xy,
+                pose_visible=pose_visible, gloss_spans=spans, style=style)
+
+
+def _skeleton(style: Style, shoulders: np.ndarray, elbows: np.ndarray, hand_xy: np.ndarray,
+              hand_radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The signer's own reduced skeleton (data/skeleton.py): (T, NUM_POINTS, 2) frame units and
+    (T, NUM_POINTS) visibility. Head, neck, shoulders, elbows and hand centres are exact; the wrist
+    sits on the forearm one glove radius from the hand centre; there are no fingers (never visible).
+    Hands behind the other arm still count as visible: the skeleton is what the renderer drew from."""
+    s, (ox, oy) = style.body_scale, style.body_offset_xy
+    t = len(hand_xy)
+    xy = np.zeros((t, skeleton.NUM_POINTS, 2), np.float32)
+    xy[:, skeleton.INDEX["nose"]] = 0.5 + s * (np.float32([0.5, 0.235]) - 0.5) + [ox, oy]
+    xy[:, skeleton.INDEX["neck"]] = 0.5 + s * (np.float32([0.5, 0.42]) - 0.5) + [ox, oy]
+    for side in range(2):  # 0 = right, 1 = left, the order of every hand array
+        forearm = hand_xy[:, side] - elbows[:, side]
+        unit = forearm / np.maximum(np.linalg.norm(forearm, axis=1, keepdims=True), 1e-6)
+        xy[:, skeleton.SHOULDERS[side]] = shoulders[side]
+        xy[:, skeleton.INDEX[("right_elbow", "left_elbow")[side]]] = elbows[:, side]
+        xy[:, skeleton.WRISTS[side]] = hand_xy[:, side] - unit * hand_radius[:, None]
+        xy[:, skeleton.HANDS[side]] = hand_xy[:, side]
+    visible = np.ones((t, skeleton.NUM_POINTS), bool)
+    visible[:, list(skeleton.FINGERTIPS)] = False
+    return xy, visible

@@ -64,7 +64,9 @@ def sentence_of(seed: int, split: str, index: int) -> list[str]:
 
 class SyntheticSignDataset(Dataset):
     """Items: video float32 (3, T, H, W) in [-1, 1]; caption str; glosses list[str]; hand_xy float32
-    (T, 2, 2) [right, left] hand centres in [0, 1]; hand_visible bool (T, 2); index int."""
+    (T, 2, 2) [right, left] hand centres in [0, 1]; hand_visible bool (T, 2) (the glove unoccluded);
+    pose_xy float32 (T, J, 2) and pose_visible bool (T, J): the reduced skeleton (data/skeleton.py);
+    index int."""
 
     def __init__(self, split: str, num_samples: int, num_frames: int, frame_size_px: int, seed: int):
         if split not in SPLIT_IDS:
@@ -103,6 +105,7 @@ class SyntheticSignDataset(Dataset):
         video = torch.from_numpy(out["video"].transpose(3, 0, 1, 2).astype(np.float32) / np.float32(127.5) - 1)
         return dict(video=video, caption=self.caption_of(index, glosses), glosses=glosses,
                     hand_xy=torch.from_numpy(out["hand_xy"]), hand_visible=torch.from_numpy(out["hand_visible"]),
+                    pose_xy=torch.from_numpy(out["pose_xy"]), pose_visible=torch.from_numpy(out["pose_visible"]),
                     index=int(index))
 
 
