@@ -25,12 +25,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from config import ConfigError, make_config, parse_value
 from data import build_dataset, make_train_loader
+from data.skeleton import NUM_POINTS
 from data.text import Tokenizer
-from diffusion.text2sign import Text2SignDiffusion
-from main import make_ema, make_optimizer
+from diffusion import build_diffusion, build_objective
 from models import build_model
 from pipeline import resolve_device
-from streams import StreamedBackward, slice_loss_fn
+from training import Trainer, batch_cond, choose_precision
 
 
 def sync(device: torch.device) -> None:
@@ -77,48 +77,33 @@ def peak_memory_mb(device: torch.device) -> float | None:
     return None
 
 
-class Trainer:
-    """One optimizer step exactly as main.py takes it (AdamW, clip, EMA), on batches from `batches`."""
+class BenchTrainer:
+    """training.Trainer on a fixed preset, with the timing and FLOP counting the bench reports."""
 
     def __init__(self, cfg, device: torch.device, vocab_size: int):
         torch.manual_seed(cfg.seed)
         self.cfg, self.device = cfg, device
         self.model = build_model(cfg, vocab_size).to(device)
-        self.ema = make_ema(self.model, cfg.ema_decay)
-        self.optimizer = make_optimizer(self.model, cfg)
-        self.diffusion = Text2SignDiffusion.from_config(cfg, device)
-        self.net = torch.compile(self.model) if cfg.compile else self.model
-        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-        self.backward = StreamedBackward(self.model, cfg.cpu_streams if device.type == "cpu" else 1)
-
-    def loss_backward(self, batch: dict) -> torch.Tensor:
-        x0 = batch["video"].to(self.device, non_blocking=True)
-        tokens, mask = batch["tokens"].to(self.device), batch["token_mask"].to(self.device)
-        draws = self.diffusion.draw_training_noise(tuple(x0.shape), self.gen, self.device)
-        hand_xy = batch["hand_xy"].to(self.device) if self.cfg.pose_cond else None
-        loss_fn = slice_loss_fn(self.diffusion, self.net, x0, tokens, mask, draws, self.bf16, hand_xy)
-        return self.backward(loss_fn, x0.shape[0])["loss"]
+        self.precision = choose_precision(cfg, device)
+        self.trainer = Trainer(cfg, self.model, build_objective(cfg, build_diffusion(cfg, device)), device,
+                               self.precision, streams=cfg.cpu_streams if device.type == "cpu" else 1)
+        self.steps = 0
 
     def step(self, batch: dict) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss_backward(batch)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
-        self.optimizer.step()
-        self.ema.update_parameters(self.model)
+        self.trainer.step(iter([batch]), self.steps)
+        self.steps += 1
 
     def flops_per_sample(self, batch: dict) -> float:
         """Forward + backward FLOPs of one sample (matmuls, convs, attention), counted, not estimated."""
         counter = FlopCounterMode(display=False)
+        tr = self.trainer
         with counter:
             self.model.zero_grad(set_to_none=True)
             x0 = batch["video"].to(self.device)
-            draws = self.diffusion.draw_training_noise(tuple(x0.shape), self.gen, self.device)
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
-                hand_xy = batch["hand_xy"].to(self.device) if self.cfg.pose_cond else None
-                self.diffusion.training_losses(self.model, x0, batch["tokens"].to(self.device),
-                                               batch["token_mask"].to(self.device), draws=draws,
-                                               hand_xy=hand_xy)["loss"].backward()
+            draws = tr.objective.draw(tuple(x0.shape), tr.generator, self.device)
+            with self.precision.autocast(self.device):
+                tr.objective(self.model, x0, batch["tokens"].to(self.device), batch["token_mask"].to(self.device),
+                             draws, batch_cond(batch, self.cfg.pose_cond, self.device)).loss.backward()
         return counter.get_total_flops() / x0.shape[0]
 
     def time_steps(self, batches, warmup: int, steps: int) -> dict:
@@ -150,7 +135,7 @@ CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_co
             "aten::cudnn_convolution", "aten::mkldnn_convolution_backward")
 
 
-def profile_steps(trainer: Trainer, batches, steps: int, top: int = 12) -> dict:
+def profile_steps(trainer: BenchTrainer, batches, steps: int, top: int = 12) -> dict:
     """torch.profiler over `steps` training steps: self time per op (ms per step, share of the
     profiled self time), the matmul and conv shares, and the `top` ops by self time."""
     from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
@@ -178,9 +163,11 @@ def random_batch(cfg, batch_size: int, vocab_size: int, text_len: int = 8) -> di
     gen = torch.Generator().manual_seed(0)
     video = torch.rand(batch_size, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px, generator=gen) * 2 - 1
     tokens = torch.randint(2, vocab_size, (batch_size, text_len), generator=gen)
-    # Hand centres for the pose stage's heatmaps (pose_cond): anywhere in the middle of the frame.
-    hand_xy = torch.rand(batch_size, cfg.num_frames, 2, 2, generator=gen) * 0.8 + 0.1
-    return dict(video=video, tokens=tokens, token_mask=torch.ones_like(tokens, dtype=torch.bool), hand_xy=hand_xy)
+    # Keypoints for the pose stage's map (pose_cond): anywhere in the middle of the frame, all visible.
+    pose_xy = torch.rand(batch_size, cfg.num_frames, NUM_POINTS, 2, generator=gen) * 0.8 + 0.1
+    return dict(video=video, tokens=tokens, token_mask=torch.ones_like(tokens, dtype=torch.bool),
+                pose_xy=pose_xy, pose_visible=torch.ones(batch_size, cfg.num_frames, NUM_POINTS, dtype=torch.bool),
+                index=list(range(batch_size)))
 
 
 def repeat(batch: dict):
@@ -197,7 +184,7 @@ def bench_train(cfg, device, quick: bool, profile: bool = False) -> tuple[dict, 
     tokenizer = Tokenizer.from_captions(dataset.captions if dataset is not None else ["a b c d e f g h"])
     batches = (iter(make_train_loader(cfg, dataset, tokenizer, start_step=0)) if dataset is not None
                else repeat(random_batch(cfg, cfg.batch_size, len(tokenizer))))
-    trainer = Trainer(cfg, device, len(tokenizer))
+    trainer = BenchTrainer(cfg, device, len(tokenizer))
     first = next(batches)
     flops = trainer.flops_per_sample(first)
     reset_peak_memory(device)
@@ -213,18 +200,20 @@ def bench_train(cfg, device, quick: bool, profile: bool = False) -> tuple[dict, 
         result["profile"] = prof
     if dataset is None:
         result["data_wait_share"] = None
+    trainer.trainer.close()
     return result, first, tokenizer, trainer.model
 
 
 @torch.no_grad()
 def bench_sample(cfg, device, model, batch: dict, quick: bool) -> dict:
     """Seconds per clip for DDPM (all T steps) and DDIM-20, with and without guidance."""
-    diffusion = Text2SignDiffusion.from_config(cfg, device)
+    diffusion = build_diffusion(cfg, device)
     model.eval()
     clips = min(4, batch["video"].shape[0])
     tokens, mask = batch["tokens"][:clips].to(device), batch["token_mask"][:clips].to(device)
     shape = (clips, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    bf16 = choose_precision(cfg, device).bf16
+
     def timed(fn, repeats: int = 1 if quick else 3, warmup: bool = True) -> float:
         if warmup:
             fn()
@@ -284,7 +273,7 @@ def bench_scaling(cfg, device, vocab_size: int, quick: bool) -> dict:
     def seconds_per_sample(**overrides) -> float:
         run_cfg = make_config(cfg.preset, {**cfg_overrides(cfg), **overrides, "batch_size": batch_size,
                                            "grad_accum_steps": 1, "compile": False})
-        trainer = Trainer(run_cfg, device, vocab_size)
+        trainer = BenchTrainer(run_cfg, device, vocab_size)
         timing = trainer.time_steps(repeat(random_batch(run_cfg, batch_size, vocab_size)), warmup=1, steps=steps)
         return timing["step_s"] / batch_size
 
@@ -372,8 +361,8 @@ def main(argv: list[str]) -> int:
     ceiling += matmul_gflops(device, torch.float32, n, reps)  # again at the end: load changes
     machine.update(fp32_gflops=statistics.median(ceiling), fp32_gflops_samples=ceiling,
                    load_avg_end=os.getloadavg()[0])
-    # The ceiling of the precision the training ran in: bf16 autocast on CUDA, fp32 otherwise.
-    bf16 = device.type == "cuda" and (cfg.precision == "bf16" or cfg.precision == "auto")
+    # The ceiling of the precision the training ran in.
+    bf16 = choose_precision(cfg, device).bf16 and "bf16_gflops" in machine
     train["mfu_ceiling"] = "bf16" if bf16 else "fp32"
     train["mfu"] = train["achieved_gflops"] / machine["bf16_gflops" if bf16 else "fp32_gflops"]
     result = dict(preset=cfg.preset, machine=machine, config=cfg.to_dict(), train=train, sample=sample,

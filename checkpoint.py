@@ -1,24 +1,68 @@
-"""Checkpoints that describe themselves and survive crashes.
+"""Checkpoint policy: what a checkpoint holds and must match, atomic writes, RNG state, rotation.
 
-Saves are atomic (temp file in the same folder, fsync, os.replace), the newest `keep` are kept, and
-loading uses `torch.load(weights_only=True)`: a checkpoint holds tensors and plain Python types
-only. A checkpoint that fails to load is reported and the previous one is used.
+Saves are atomic (`atomic_write`: temp file in the same folder, fsync, os.replace, fsync of the
+folder; every file the project writes goes through it), the newest `keep` are kept, and loading uses
+`torch.load(weights_only=True)`: a checkpoint holds tensors and plain Python types only. A
+checkpoint that fails to load is reported and the previous one is used.
 """
 from __future__ import annotations
 
 import errno
+import io
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, IO
 
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+# 2: the pose stage predicts keypoints with visibility, and removed options are gone from the config.
+FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "step", "data_position", "model", "ema", "ema_num_updates",
                  "optimizer", "rng", "config", "tokenizer")
 _PREFIXES = ("module.", "_orig_mod.")
+
+# Config keys that shape the model's parameters.
+PARAMETER_KEYS = ("model_size", "num_frames", "frame_size_px", "patch_size_px", "tubelet_frames",
+                  "mlp_ratio", "text_depth", "frame_cond_depth", "max_text_len_tokens", "decoder_channels",
+                  "final_norm", "residual_input", "pose_cond", "pose_skeleton")
+# Config keys that give the network's output its meaning: the same weights under another schedule or
+# prediction type are another model.
+OUTPUT_KEYS = ("prediction_type", "sigma_data", "num_timesteps", "beta_schedule", "zero_terminal_snr")
+# What a resumed run must agree on with its checkpoint.
+MUST_MATCH = PARAMETER_KEYS + OUTPUT_KEYS
+
+
+def model_config_mismatch(saved: dict[str, Any], cfg) -> dict[str, tuple[Any, Any]]:
+    """{key: (checkpoint value, requested value)} for the MUST_MATCH keys that differ."""
+    return {k: (saved.get(k), getattr(cfg, k)) for k in MUST_MATCH if saved.get(k) != getattr(cfg, k)}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write `path` all or nothing: `write(fh)` fills a temp file in the same folder, which is flushed,
+    fsynced and renamed over `path`; the folder is fsynced so the rename survives a power loss. On any
+    failure the temp file is removed and `path` keeps its previous content."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp_{path.name}_{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 class CheckpointError(RuntimeError):
@@ -62,6 +106,19 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     }
 
 
+def gather_rng_states(generator: torch.Generator) -> list[dict[str, Any]]:
+    """Every rank's RNG state (rank order) under torch.distributed: all_gather_object fails to
+    unpickle tensors here ("UntypedStorage has no attribute dtype"), so each state travels as
+    torch.save bytes and is read back with weights_only."""
+    import torch.distributed as dist
+
+    buffer = io.BytesIO()
+    torch.save(rng_state(generator), buffer)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, buffer.getvalue())
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in gathered]
+
+
 def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
@@ -92,24 +149,13 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any], keep: int
     folder = Path(run_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"ckpt_{state['step']:08d}.pt"
-    tmp = folder / f".tmp_ckpt_{state['step']:08d}_{os.getpid()}.pt"
     # Temp files of a process killed mid-save (SIGKILL, power loss) are never valid checkpoints and
     # can be as large as one: remove them so they cannot fill the disk over repeated crashes.
-    for stale in folder.glob(".tmp_ckpt_*.pt"):
+    for stale in folder.glob(".tmp_ckpt_*.pt_*"):
         stale.unlink(missing_ok=True)
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(final, lambda fh: torch.save(state, fh))
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         previous = next((p for p in checkpoint_paths(run_dir) if p != final), None)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -135,7 +181,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} is missing required keys {missing}")
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format_version {state['format_version']}, "
-                              f"this code reads {FORMAT_VERSION}")
+                              f"this code reads {FORMAT_VERSION} (written by another version of "
+                              "text2sign: train it again with this one)")
     state["model"] = clean_state_dict(state["model"])
     state["ema"] = clean_state_dict(state["ema"])
     return state

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from checkpoint import CheckpointError
 from data import build_dataset
 from data.video_io import to_uint8_frames, upscale
-from diffusion.text2sign import predict_eps_from_x0
-from pipeline import generate, load_run, save_samples
+from diffusion.gaussian import predict_eps_from_x0
+from pipeline import add_run_arguments, first_clips, generate, load_run, save_samples
 
 # Warning thresholds (units in the names). Data statistics are measured on the val clips of the run.
 BLOWUP_STD = 3.0  # x_t std above this at any step: the reverse process is diverging (x_T has std 1)
@@ -40,22 +40,16 @@ GEN_BATCH = 16  # prompts per sampling batch
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--experiment", help="run name under --output_dir (its latest checkpoint)")
-    src.add_argument("--checkpoint", help="path to a checkpoint file")
-    p.add_argument("--output_dir", default="experiments", help="parent folder of run folders")
-    p.add_argument("--raw", action="store_true", help="sample from the raw weights instead of the EMA")
+    add_run_arguments(p, required=True)
     p.add_argument("--prompt", action="append", help="prompt (repeatable); default: 2 val + 2 test captions")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), help="default: the run's config")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the run's sampling_steps)")
     p.add_argument("--eta", type=float, help="DDIM eta (default: the run's ddim_eta)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed")
-    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
-    p.add_argument("--strip-steps", type=int, default=6, help="reverse steps shown in each x0 strip")
+    p.add_argument("--num_samples", type=int, default=1, help="samples per prompt")
+    p.add_argument("--strip_steps", type=int, default=6, help="reverse steps shown in each x0 strip")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--out", help="output folder (default outputs/debug_sampling/<experiment>)")
-    p.add_argument("--json", help="write the per-step and final statistics to this file")
     return p.parse_args(argv)
 
 
@@ -162,7 +156,7 @@ def main(argv: list[str]) -> int:
               f"{r['nonfinite']:>7d}")
 
     # --- final videos against the data ------------------------------------------------------------
-    data = torch.stack([val[i]["video"] for i in range(min(len(val), 16))]).float()
+    data = first_clips(cfg, "val", 16).videos
     final = dict(hf_energy=high_freq_energy(videos), data_hf_energy=high_freq_energy(data),
                  saturation=saturation(videos), data_saturation=saturation(data),
                  mean=float(videos.mean()), std=float(videos.std()), data_mean=float(data.mean()),

@@ -1,8 +1,8 @@
 """Sign-fidelity evaluation of a trained run (see evaluation/runner.py for the conditions).
 
     python evaluate.py --experiment demo [--split test] [--json eval.json]
-    python evaluate.py --checkpoint experiments/demo/checkpoints/ckpt_00003000.pt --num-clips 16
-    python evaluate.py --experiment demo --start-t 20   # SDEdit: which noise levels lose the signs
+    python evaluate.py --checkpoint experiments/demo/checkpoints/ckpt_00001100.pt --num_clips 16
+    python evaluate.py --experiment demo --start_t 20   # SDEdit: which noise levels lose the signs
 """
 from __future__ import annotations
 
@@ -12,36 +12,30 @@ import sys
 import torch
 
 from checkpoint import CheckpointError
+from config import ConfigError
 from evaluation.runner import evaluate_run
-from pipeline import load_run, resolve_device
+from pipeline import add_run_arguments, load_run, resolve_device
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", help="run folder name under --output-dir")
-    parser.add_argument("--checkpoint", help="a checkpoint file (overrides --experiment)")
-    parser.add_argument("--output-dir", default="experiments")
+    add_run_arguments(parser, required=True)
     parser.add_argument("--split", default="test", choices=("val", "test"))
-    parser.add_argument("--num-clips", type=int, default=None, help="default: the config's num_eval_samples")
+    parser.add_argument("--num_clips", type=int, default=None, help="default: the config's num_eval_samples")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     parser.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="default: the config's")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps")
     parser.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
-    parser.add_argument("--start-t", type=int, default=None,
+    parser.add_argument("--start_t", type=int, default=None,
                         help="start from each reference clip noised to this step (SDEdit) instead of "
                              "pure noise: if the signs read from t=20 but not from noise, the layout "
                              "decided at high noise is what fails")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    if not (args.experiment or args.checkpoint):
-        parser.error("give --experiment NAME or --checkpoint PATH")
     try:
         run = load_run(experiment=args.experiment, checkpoint=args.checkpoint, output_dir=args.output_dir,
                        device=resolve_device(args.device), use_ema=not args.raw)
-    except CheckpointError as exc:
+    except (CheckpointError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg = run.cfg
@@ -56,7 +50,7 @@ def main(argv: list[str]) -> int:
     print(f"{run.path} (step {run.step}, {'raw' if args.raw else 'EMA'} weights)")
     with torch.no_grad():
         if args.start_t is not None and not 0 <= args.start_t < cfg.num_timesteps:
-            parser.error(f"--start-t {args.start_t}: expected a step in 0..{cfg.num_timesteps - 1}")
+            parser.error(f"--start_t {args.start_t}: expected a step in 0..{cfg.num_timesteps - 1}")
         evaluate_run(run.model, run.diffusion, run.tokenizer, cfg, args.split, args.json,
                      num_clips=args.num_clips, seed=args.seed, start_t=args.start_t)
     return 0

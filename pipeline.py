@@ -12,11 +12,12 @@ from typing import Any, Callable
 import torch
 
 from checkpoint import CheckpointError, load_checkpoint, load_latest, load_weights
-from config import Config, config_from_dict
+from config import Config, ConfigError, config_from_dict
+from data import build_dataset
 from data.text import Tokenizer
 from data.video_io import to_uint8_frames, upscale, write_gif, write_mp4
-from diffusion.text2sign import Text2SignDiffusion
-from models import MODEL_KEYS, build_model
+from diffusion import GaussianDiffusion, build_diffusion
+from models import build_model
 from models.architectures.vivit import ViViTDenoiser
 
 
@@ -28,20 +29,50 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config key 'device'='cuda' but no CUDA device is available")
+        raise ConfigError("config key 'device'='cuda' but no CUDA device is available (use cpu or auto)")
     return torch.device(name)
 
 
-def model_config_mismatch(saved: dict[str, Any], cfg: Config) -> dict[str, tuple[Any, Any]]:
-    """{key: (checkpoint value, requested value)} for model-shaping keys that differ."""
-    return {k: (saved.get(k), getattr(cfg, k)) for k in MODEL_KEYS if saved.get(k) != getattr(cfg, k)}
+def add_run_arguments(parser, *, required: bool = False) -> None:
+    """The flags every script that reads a trained run shares, spelled the same everywhere."""
+    src = parser.add_mutually_exclusive_group(required=required)
+    src.add_argument("--experiment", help="run name under --output_dir (its latest checkpoint)")
+    src.add_argument("--checkpoint", help="path to a checkpoint file")
+    parser.add_argument("--output_dir", default="experiments", help="parent folder of run folders")
+    parser.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling / evaluation noise")
+    parser.add_argument("--json", help="also write the results to this file")
+
+
+@dataclass
+class Clips:
+    """The first n clips of a split, stacked: what the diagnostics and the evaluation score on."""
+
+    items: list[dict[str, Any]]
+    videos: torch.Tensor  # (N, 3, T, H, W) float in [-1, 1]
+    captions: list[str]
+    pose_xy: torch.Tensor | None  # (N, T, J, 2) frame units, where the data has keypoints
+    pose_visible: torch.Tensor | None  # (N, T, J) bool
+
+
+def first_clips(cfg: Config, split: str, n: int = 0) -> Clips:
+    """The first `n` clips of `split` (all of them if n <= 0), in index order: fixed clips, so two
+    runs or two models are scored on the same ones."""
+    dataset = build_dataset(cfg, split)
+    count = len(dataset) if n <= 0 else min(n, len(dataset))
+    items = [dataset[i] for i in range(count)]
+    has_pose = "pose_xy" in items[0]
+    return Clips(items=items, videos=torch.stack([it["video"] for it in items]).float(),
+                 captions=[it["caption"] for it in items],
+                 pose_xy=torch.stack([it["pose_xy"] for it in items]).float() if has_pose else None,
+                 pose_visible=torch.stack([it["pose_visible"] for it in items]) if has_pose else None)
 
 
 @dataclass
 class LoadedRun:
     cfg: Config
     model: ViViTDenoiser  # EMA weights unless loaded with use_ema=False; in eval mode
-    diffusion: Text2SignDiffusion
+    diffusion: GaussianDiffusion
     tokenizer: Tokenizer
     step: int
     path: Path
@@ -65,14 +96,16 @@ def load_run(*, experiment: str | None = None, checkpoint: str | None = None,
         state, path = found
     else:
         raise ValueError("give an experiment name or a checkpoint path")
-    cfg = config_from_dict(state["config"])
+    try:
+        cfg = config_from_dict(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     tokenizer = Tokenizer.from_state(state["tokenizer"])
     model = build_model(cfg, len(tokenizer))
     load_weights(model, state["ema" if use_ema else "model"], path)
     device = torch.device(device)
     model.to(device).eval()
-    return LoadedRun(cfg, model, Text2SignDiffusion.from_config(cfg, device), tokenizer,
-                     int(state["step"]), path)
+    return LoadedRun(cfg, model, build_diffusion(cfg, device), tokenizer, int(state["step"]), path)
 
 
 def encode_prompts(tokenizer: Tokenizer, prompts: list[str], max_len: int,
@@ -100,8 +133,25 @@ def encode_prompts(tokenizer: Tokenizer, prompts: list[str], max_len: int,
     return tokens.to(device), mask.to(device)
 
 
+def usable_prompts(tokenizer: Tokenizer, captions: list[str], cfg: Config) -> list[str]:
+    """The first cfg.num_sample_prompts captions that `encode_prompts` accepts (a caption with no
+    training word is skipped here rather than rejected at sampling time)."""
+    usable = []
+    for caption in captions:
+        if len(usable) == cfg.num_sample_prompts:
+            break
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                encode_prompts(tokenizer, [caption], cfg.max_text_len_tokens)
+        except ValueError:
+            continue
+        usable.append(caption)
+    return usable
+
+
 @torch.no_grad()
-def generate(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokenizer: Tokenizer,
+def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, tokenizer: Tokenizer,
              prompts: list[str], cfg: Config, *, seed: int = 0, sampler: str | None = None,
              steps: int | None = None, eta: float | None = None, guidance_scale: float | None = None,
              callback: Callable | None = None, batch_size: int = 16,

@@ -1,8 +1,8 @@
 """Concurrent micro-batch streams for CPU training: one process, one intra-op thread per stream.
 
-Why: at the cpu preset's size an op on 16 clips is too short to split well over OpenMP threads
-(every op ends at a barrier where one thread waits for the other), so two 1-thread processes under
-torchrun trained ~1.7x the samples/s of one 2-thread process (docs/experiments.md, row 10). Streams
+Why: at the demo's size an op on 16 clips is too short to split well over OpenMP threads (every op
+ends at a barrier where one thread waits for the other), so two 1-thread processes under torchrun
+trained faster than one 2-thread process (docs/experiments.md, row 10). Streams
 get that overlap inside the one `python main.py` process: each of `streams` Python threads runs the
 forward and backward of its slice of the batch with one intra-op thread (torch releases the GIL
 inside every kernel and the autograd engine runs a CPU backward on the calling thread). Each stream
@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from diffusion.objective import LossTerms
+
 
 def split_evenly(n: int, parts: int) -> list[slice]:
     """`parts` contiguous slices covering range(n), sizes differing by at most one."""
@@ -27,26 +29,12 @@ def split_evenly(n: int, parts: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def slice_loss_fn(diffusion, net: torch.nn.Module, x0: torch.Tensor, tokens: torch.Tensor,
-                  mask: torch.Tensor, draws: tuple[torch.Tensor, ...], bf16: bool,
-                  hand_xy: torch.Tensor | None = None) -> Callable[[slice], dict]:
-    """loss_fn(part) for StreamedBackward: `diffusion.training_losses` on a slice of one batch and of
-    its pre-drawn (t, noise, drop), so the draws do not depend on how the batch is split."""
-    def loss_fn(part: slice) -> dict:
-        # autocast is thread-local: entered here, inside whichever stream runs the slice.
-        with torch.autocast(x0.device.type, torch.bfloat16, enabled=bf16):
-            return diffusion.training_losses(net, x0[part], tokens[part], mask[part],
-                                             draws=tuple(d[part] for d in draws),
-                                             hand_xy=None if hand_xy is None else hand_xy[part])
-    return loss_fn
-
-
 class StreamedBackward:
     """backward(loss_fn, batch_size, scale): gradients of scale * (batch loss) into `.grad`.
 
-    loss_fn(part: slice) -> dict(loss=mean loss of the slice, per_sample (b,), t (b,)); the batch
-    loss is the size-weighted mean of the slices' losses, which is what one call on the whole batch
-    returns. With streams == 1 this is exactly `(loss_fn(all) ["loss"] * scale).backward()`.
+    loss_fn(part: slice) -> LossTerms of that slice (loss = its mean loss); the batch loss is the
+    size-weighted mean of the slices' losses, which is what one call on the whole batch returns.
+    With streams == 1 this is exactly `(loss_fn(all).loss * scale).backward()`.
     """
 
     def __init__(self, model: torch.nn.Module, streams: int):
@@ -56,20 +44,20 @@ class StreamedBackward:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.pool = ThreadPoolExecutor(streams, thread_name_prefix="stream") if streams > 1 else None
 
-    def __call__(self, loss_fn: Callable[[slice], dict], batch_size: int, scale: float = 1.0) -> dict:
+    def __call__(self, loss_fn: Callable[[slice], LossTerms], batch_size: int, scale: float = 1.0) -> LossTerms:
         if self.pool is None:
             result = loss_fn(slice(0, batch_size))
-            (result["loss"] * scale).backward()
+            (result.loss * scale).backward()
             return result
         main_threads = torch.get_num_threads()
 
-        def run(part: slice) -> tuple[dict, float, tuple]:
+        def run(part: slice) -> tuple[LossTerms, float, tuple]:
             # Per calling thread for OpenMP; the MKL part of this setting is global and is restored
             # below, once every stream has finished.
             torch.set_num_threads(1)
             result = loss_fn(part)
             share = (part.stop - part.start) / batch_size
-            grads = torch.autograd.grad(result["loss"] * (share * scale), self.params, allow_unused=True)
+            grads = torch.autograd.grad(result.loss * (share * scale), self.params, allow_unused=True)
             return result, share, grads
 
         try:
@@ -91,12 +79,7 @@ class StreamedBackward:
                     p.grad = total
                 else:
                     p.grad.add_(total)
-        merged = dict(loss=sum(r["loss"].detach() * share for r, share, _ in outs),
-                      per_sample=torch.cat([r["per_sample"] for r, _, _ in outs]),
-                      t=torch.cat([r["t"] for r, _, _ in outs]))
-        if "pose_mse" in outs[0][0]:
-            merged["pose_mse"] = sum(r["pose_mse"] * share for r, share, _ in outs)
-        return merged
+        return LossTerms.merge([r for r, _, _ in outs], [share for _, share, _ in outs])
 
     def close(self) -> None:
         if self.pool is not None:

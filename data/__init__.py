@@ -9,13 +9,15 @@ number of DataLoader workers, and torchrun ranks take disjoint slices of the sam
 from __future__ import annotations
 
 import signal
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from config import Config
 from data.text import Collate, Tokenizer
+
+if TYPE_CHECKING:  # config imports the model registry, whose builder reads data/skeleton.py
+    from config import Config
 
 
 def build_dataset(cfg: Config, split: str) -> Dataset:
@@ -31,6 +33,18 @@ def build_dataset(cfg: Config, split: str) -> Dataset:
     from data.real import build_real_dataset
 
     return build_real_dataset(cfg, split)
+
+
+def check_dataset(cfg: Config, dataset: Dataset) -> None:
+    """Fail before any training step unless sample 0 has the shape and the keys the config needs."""
+    first = dataset[0]
+    expected = (3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px)
+    if tuple(first["video"].shape) != expected:
+        raise ValueError(f"dataset '{cfg.dataset}' sample 0 has video shape {tuple(first['video'].shape)}, "
+                         f"expected {expected}")
+    if cfg.pose_cond and "pose_xy" not in first:
+        raise ValueError(f"dataset '{cfg.dataset}' sample 0 has no keypoints (pose_xy), which the pose "
+                         "stage (pose_cond) trains on; use --preset no_keypoints for data without them")
 
 
 class StepSampler(Sampler[list]):

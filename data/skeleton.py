@@ -61,3 +61,17 @@ RENDER_GROUPS: tuple[tuple[str, tuple[int, ...]], ...] = (
 def group_limbs() -> list[list[tuple[int, int]]]:
     """Per render group, the limbs whose both ends belong to it (the lines that channel draws)."""
     return [[(a, b) for a, b in LIMBS if a in members and b in members] for _, members in RENDER_GROUPS]
+
+
+def stage_layout(kind: str) -> tuple[list[int], list[tuple[list[int], list[tuple[int, int]]]], list[int]]:
+    """What the pose stage predicts and draws for `kind` (config key `pose_skeleton`):
+    (points: indices into POINTS, groups: per map channel (joints, limbs) as positions in points,
+    hands: positions of the two hand centres in points).
+
+    hands: the two hand centres, one blob channel each. full: every point, RENDER_GROUPS' channels."""
+    if kind == "hands":
+        return list(HANDS), [([0], []), ([1], [])], [0, 1]
+    if kind == "full":
+        groups = [(list(members), limbs) for (_, members), limbs in zip(RENDER_GROUPS, group_limbs())]
+        return list(range(NUM_POINTS)), groups, list(HANDS)
+    raise ValueError(f"pose skeleton must be 'hands' or 'full', got {kind!r}")

@@ -20,15 +20,17 @@ from typing import Any, Callable
 
 import torch
 
+from checkpoint import write_text_atomic
 from config import Config
 from data import build_dataset
 from data.signer import sentence_trajectory
 from data.text import Tokenizer
-from diffusion.text2sign import Text2SignDiffusion, q_sample, training_target
+from diffusion import GaussianDiffusion, build_objective
+from diffusion.gaussian import q_sample
 from evaluation.metrics import (NOISE_TOLERANCE, back_translate, dtw_hand_error, gloss_accuracy, gloss_wer, motion_ratio,
                                 noise_level, psnr, ssim)
 from evaluation.tracking import track_hands
-from pipeline import generate
+from pipeline import first_clips, generate
 
 CONDITIONS = ("intended", "no_text", "shuffled", "ground_truth", "other_rendering")
 RANKING_TIMESTEPS = (5, 15, 25, 35, 45)  # spread over the schedule; scaled to num_timesteps
@@ -75,12 +77,13 @@ def score_real(videos: torch.Tensor, refs: list[dict[str, Any]]) -> dict[str, fl
 
 
 @torch.no_grad()
-def prompt_ranking(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokenizer: Tokenizer,
+def prompt_ranking(model: torch.nn.Module, diffusion: GaussianDiffusion, tokenizer: Tokenizer,
                    refs: list[dict[str, Any]], cfg: Config, seed: int = 0) -> float:
     """Top-1 accuracy of the true caption among 1 + 3 candidates by conditional denoising loss
     (target-space MSE times the training loss weight of each timestep)."""
     device = next(model.parameters()).device
     captions = [r["caption"] for r in refs]
+    objective = build_objective(cfg, diffusion)
     gen = torch.Generator().manual_seed(seed)
     steps = sorted({min(diffusion.num_timesteps - 1, round(s * diffusion.num_timesteps / 50))
                     for s in RANKING_TIMESTEPS})
@@ -94,14 +97,12 @@ def prompt_ranking(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokeni
         x0 = ref["video"][None].to(device)
         losses = torch.zeros(k)
         for t_int in steps:
-            noise = diffusion.noise(x0.shape, gen).to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
             t = torch.full((k,), t_int, device=device)
             x_t = q_sample(diffusion.sched, x0, t[:1], noise).expand(k, *x0.shape[1:])
-            out = model(x_t, t, tokens.to(device), mask.to(device))
-            target = training_target(diffusion.sched, diffusion.prediction_type, x0, t[:1], noise)
-            # The timestep's training weight: with loss_weighting x0 a v model is ranked by its x0
-            # error, like an x0 model, not by a v error that is dominated by the low-noise steps.
-            weight = diffusion.loss_weights(t[:1]).float().cpu()
+            out = model(diffusion.model_input(x_t, t), t, tokens.to(device), mask.to(device))
+            target = diffusion.target(x0, t[:1], noise)
+            weight = objective.weights(t[:1]).float().cpu()  # the timestep's training weight
             losses += weight * ((out.float() - target) ** 2).mean(dim=(1, 2, 3, 4)).cpu()
         # Strictly lowest: a text-blind model ties every candidate and must not score.
         correct += int(bool((losses[0] < losses[1:]).all()))
@@ -110,25 +111,27 @@ def prompt_ranking(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokeni
 
 @torch.no_grad()
 def pose_error_px(model: torch.nn.Module, tokenizer: Tokenizer, refs: list[dict[str, Any]], cfg: Config) -> float:
-    """RMS error (pixels, per coordinate) of the pose stage's hand centres against the references'."""
+    """RMS error (pixels, per coordinate) of the pose stage's keypoints against the references',
+    over the points visible in the reference."""
     device = next(model.parameters()).device
     tokens, mask = tokenizer.batch([r["caption"] for r in refs], cfg.max_text_len_tokens)
-    pred = model.predict_pose(tokens.to(device), mask.to(device)).float().cpu()
-    truth = torch.stack([r["hand_xy"] for r in refs])
-    return float(((pred - truth) ** 2).mean().sqrt()) * cfg.frame_size_px
+    pred = model.predict_pose(tokens.to(device), mask.to(device))[0].float().cpu()
+    points = model.pose_points
+    truth = torch.stack([r["pose_xy"] for r in refs])[:, :, points]
+    visible = torch.stack([r["pose_visible"] for r in refs])[:, :, points].float()
+    mse = (((pred - truth) ** 2).sum(-1) * visible).sum() / (2 * visible.sum().clamp(min=1))
+    return float(mse.sqrt()) * cfg.frame_size_px
 
 
-def evaluate_model(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokenizer: Tokenizer, cfg: Config,
+def evaluate_model(model: torch.nn.Module, diffusion: GaussianDiffusion, tokenizer: Tokenizer, cfg: Config,
                    split: str = "test", num_clips: int | None = None, seed: int = 0,
                    log: Callable[[str], None] = print, start_t: int | None = None) -> dict[str, Any]:
     """Sample every condition for the first `num_clips` clips of `split` and score them.
 
     start_t: start each sample from its reference clip noised to that step (SDEdit) instead of from
     pure noise: the fidelity left when the layout above start_t is given."""
-    dataset = build_dataset(cfg, split)
-    n = min(len(dataset), num_clips or cfg.num_eval_samples)
-    refs = [dataset[i] for i in range(n)]
-    captions = [r["caption"] for r in refs]
+    clips = first_clips(cfg, split, num_clips or cfg.num_eval_samples)
+    refs, captions, n = clips.items, clips.captions, len(clips.items)
     shuffled = captions[1:] + captions[:1]
     synthetic = cfg.dataset == "synthetic"
     score = score_synthetic if synthetic else score_real
@@ -136,14 +139,15 @@ def evaluate_model(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokeni
     results: dict[str, Any] = {}
     log(f"evaluating {n} {split} clips: sampling intended / no_text / shuffled"
         + ("" if start_t is None else f" from the references noised to t={start_t}") + " ...")
-    init = None if start_t is None else torch.stack([r["video"] for r in refs])
+    init = None if start_t is None else clips.videos
     start = dict(seed=seed, init=init, start_t=start_t)
     results["intended"] = score(generate(model, diffusion, tokenizer, captions, cfg, **start), refs)
     results["no_text"] = score(generate(_NoText(model), diffusion, tokenizer, captions, cfg,
                                         guidance_scale=1.0, **start), refs)
     results["shuffled"] = score(generate(model, diffusion, tokenizer, shuffled, cfg, **start), refs)
-    results["ground_truth"] = score(torch.stack([r["video"] for r in refs]), refs)
+    results["ground_truth"] = score(clips.videos, refs)
     if synthetic:
+        dataset = build_dataset(cfg, split)
         results["other_rendering"] = score(torch.stack([dataset.rerender(i) for i in range(n)]), refs)
     results["prompt_ranking_top1"] = prompt_ranking(model, diffusion, tokenizer, refs, cfg, seed)
     if synthetic:
@@ -185,9 +189,6 @@ def evaluate_run(model, diffusion, tokenizer, cfg: Config, split: str = "test",
     results = evaluate_model(model, diffusion, tokenizer, cfg, split, num_clips, seed, log, start_t)
     log(format_table(results))
     if json_path:
-        tmp = f"{json_path}.tmp"
-        with open(tmp, "w") as fh:
-            json.dump(results, fh, indent=2)
-        os.replace(tmp, json_path)
+        write_text_atomic(json_path, json.dumps(results, indent=2))
         log(f"wrote {json_path}")
     return results

@@ -2,7 +2,7 @@
 
 For each timestep t the same validation clips x0 are noised with the same seeded noise eps
 (x_t = q_sample(x0, t, eps)) and the model output is converted to (x0_pred, eps_pred) with
-`model_output_to_x0_eps` (no clipping), whatever the model predicts. One row holds
+`GaussianDiffusion.to_x0_eps` (no clipping), whatever the model predicts. One row holds
 
     eps_mse            mean (eps_pred - eps)^2
     x0_mse             mean (x0_pred - x0)^2 = eps_mse / SNR(t)
@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from diffusion.text2sign import Text2SignDiffusion, model_output_to_x0_eps, q_sample
+from diffusion import GaussianDiffusion
+from diffusion.gaussian import q_sample
 
 PASS_LINES = ("✅ EXCELLENT: Model performs well at all timesteps",
               "   The low-timestep issue appears to be FIXED!")
@@ -75,15 +76,16 @@ def baselines(x_t: torch.Tensor, noise: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def timestep_table(model: torch.nn.Module, diffusion: Text2SignDiffusion, videos: torch.Tensor,
+def timestep_table(model: torch.nn.Module, diffusion: GaussianDiffusion, videos: torch.Tensor,
                    tokens: torch.Tensor, token_mask: torch.Tensor, timesteps: list[int], *,
                    seed: int = 0, batch_size: int = 16,
-                   hand_xy: torch.Tensor | None = None) -> list[dict[str, float]]:
+                   pose: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict[str, float]]:
     """One row per timestep (see the module docstring) on `videos` (N,3,T,H,W) with their captions.
 
     The noise for timestep t comes from a generator seeded by (seed, t), so two models evaluated with
-    the same seed see exactly the same x_t, and so do the baselines. `hand_xy` (N,T,2,2): a pose-stage
-    model is shown these hand positions (as in training) instead of its own prediction (as sampled).
+    the same seed see exactly the same x_t, and so do the baselines. `pose` = (pose_xy (N,T,J,2),
+    pose_visible (N,T,J)): a pose-stage model is shown these keypoints (as in training) instead of its
+    own prediction (as sampled).
     """
     sched = diffusion.sched
     device = next(model.parameters()).device
@@ -92,7 +94,7 @@ def timestep_table(model: torch.nn.Module, diffusion: Text2SignDiffusion, videos
     rows = []
     for t_int in timesteps:
         gen = torch.Generator().manual_seed(seed * 100_003 + t_int)
-        noise = diffusion.noise(videos.shape, gen)
+        noise = torch.randn(videos.shape, generator=gen)
         t = torch.full((videos.shape[0],), t_int, dtype=torch.long)
         x_t = q_sample(sched, videos.to(sched.alphas_cumprod.device), t.to(sched.alphas_cumprod.device),
                        noise.to(sched.alphas_cumprod.device)).cpu()
@@ -100,10 +102,10 @@ def timestep_table(model: torch.nn.Module, diffusion: Text2SignDiffusion, videos
         for start in range(0, videos.shape[0], batch_size):
             part = slice(start, start + batch_size)
             xt_b, t_b = x_t[part].to(device), t[part].to(device)
-            pose = {} if hand_xy is None else {"hand_xy": hand_xy[part].to(device)}
-            out = model(xt_b, t_b, tokens[part].to(device), token_mask[part].to(device), **pose)
-            x0_pred, eps_pred = model_output_to_x0_eps(sched, diffusion.prediction_type, xt_b, t_b,
-                                                       out.float(), clip_x0=False)
+            cond = {} if pose is None else dict(pose_xy=pose[0][part].to(device), pose_visible=pose[1][part].to(device))
+            out = model(diffusion.model_input(xt_b, t_b), t_b, tokens[part].to(device),
+                        token_mask[part].to(device), **cond)
+            x0_pred, eps_pred = diffusion.to_x0_eps(xt_b, t_b, out.float(), clip_x0=False)
             sums[0] += (eps_pred.cpu().double() - noise[part].double()).pow(2).sum()
             sums[1] += (x0_pred.cpu().double() - videos[part].double()).pow(2).sum()
         eps_mse, x0_mse = (sums / videos.numel()).tolist()
@@ -142,9 +144,9 @@ def format_text_gain(rows: list[dict]) -> str:
 
 
 def add_pose_gain(rows: list[dict], true_pose_rows: list[dict], th: Thresholds = THRESHOLDS) -> list[str]:
-    """Put `x0_mse_true_pose` and `skill_true_pose` (the same table with the true hand positions in the
+    """Put `x0_mse_true_pose` and `skill_true_pose` (the same table with the true keypoints in the
     heatmaps) in `rows`; return the lines that attribute the failing timesteps: to the pose stage's
-    hand positions where the true ones make the denoiser pass, to the denoiser where they do not."""
+    keypoints where the true ones make the denoiser pass, to the denoiser where they do not."""
     for row, other in _paired(rows, true_pose_rows, "pose gain"):
         row["x0_mse_true_pose"] = other["x0_mse"]
         row["skill_true_pose"] = 1.0 - other["eps_mse"] / other["zero_baseline"]
@@ -153,20 +155,20 @@ def add_pose_gain(rows: list[dict], true_pose_rows: list[dict], th: Thresholds =
     own = [r for r in failing if r["skill_true_pose"] < th.min_skill]
     lines = []
     if by_pose:
-        lines.append(f"   With the true hand positions it passes at t = {_ts([r['t'] for r in by_pose])}: "
-                     "the pose stage's hand positions cause the failure there")
+        lines.append(f"   With the true keypoints it passes at t = {_ts([r['t'] for r in by_pose])}: "
+                     "the pose stage's keypoints cause the failure there")
     if own:
         lo = min(own, key=lambda r: r["t"])
-        lines.append(f"   With the true hand positions it still fails at t = {_ts([r['t'] for r in own])}: the "
+        lines.append(f"   With the true keypoints it still fails at t = {_ts([r['t'] for r in own])}: the "
                      f"denoiser's own error (they take {1 - lo['x0_mse_true_pose'] / lo['x0_mse']:.0%} off the "
                      f"x0-MSE at t={lo['t']})")
     return lines
 
 
 def format_pose_gain(rows: list[dict]) -> str:
-    """x0-MSE with the pose stage's hand heatmaps (as sampled) and with the true positions (as trained),
+    """x0-MSE with the pose stage's own pose map (as sampled) and with the true keypoints (as trained),
     beside the x0-MSE of doing nothing (x0 = x_t / sqrt(ᾱ): E[eps²] / SNR), which a denoiser must beat."""
-    lines = [f"{'t':>4} {'stage heatmaps':>15} {'true positions':>15} {'do nothing':>11}"]
+    lines = [f"{'t':>4} {'stage pose':>15} {'true keypoints':>15} {'do nothing':>11}"]
     lines += [f"{r['t']:>4} {r['x0_mse']:>15.4g} {r['x0_mse_true_pose']:>15.4g} "
               f"{r['zero_baseline'] / r['snr'] if r['snr'] > 0 else math.inf:>11.4g}" for r in rows]
     return "\n".join(lines)

@@ -9,7 +9,8 @@ import debug_vivit_sampling
 import main as train_main
 import quick_test_fixes
 from config import make_config
-from diffusion.text2sign import Text2SignDiffusion
+from diffusion import build_diffusion
+from diffusion.gaussian import GaussianDiffusion, Schedule
 from evaluation.timesteps import (PASS_LINES, add_pose_gain, add_text_gain, baselines, seed_signature,
                                   timestep_table, verdict)
 from models import build_model
@@ -43,7 +44,7 @@ def test_baselines_match_a_hand_computation():
 
 def test_table_columns_use_the_schedule_and_seeded_noise():
     cfg = make_config("tiny", dict(prediction_type="eps"))
-    model, diffusion = build_model(cfg, 10), Text2SignDiffusion.from_config(cfg)
+    model, diffusion = build_model(cfg, 10), build_diffusion(cfg)
     videos = torch.rand(3, 3, cfg.num_frames, 16, 16) * 2 - 1
     tokens, mask = torch.full((3, 2), 2), torch.ones(3, 2, dtype=torch.bool)
     rows = timestep_table(model, diffusion, videos, tokens, mask, [0, 49], seed=7)
@@ -63,7 +64,7 @@ def test_table_columns_use_the_schedule_and_seeded_noise():
 
 def test_untrained_residual_model_reproduces_the_seed_signature():
     cfg = make_config("tiny", dict(prediction_type="eps", residual_input=True))
-    model, diffusion = build_model(cfg, 10), Text2SignDiffusion.from_config(cfg)
+    model, diffusion = build_model(cfg, 10), build_diffusion(cfg)
     videos = torch.rand(4, 3, 1, 1, 1).mul(2).sub(1).expand(4, 3, cfg.num_frames, 16, 16).contiguous()
     tokens, mask = torch.full((4, 2), 2), torch.ones(4, 2, dtype=torch.bool)
     rows = timestep_table(model, diffusion, videos, tokens, mask, [0, 10, 25, 40, 49])
@@ -123,7 +124,7 @@ def tiny_run(tmp_path_factory):
 def test_quick_test_fixes_on_a_checkpoint_writes_json(tiny_run, tmp_path, capsys):
     path = tmp_path / "report.json"
     code = quick_test_fixes.main(["--experiment", "diag", "--output_dir", str(tiny_run), "--timesteps",
-                                  "0,25,49", "--num-clips", "4", "--json", str(path)])
+                                  "0,25,49", "--num_clips", "4", "--json", str(path)])
     report = json.loads(path.read_text())
     assert {"mode", "checkpoint", "step", "use_ema", "models", "passed", "thresholds", "wall_s"} <= set(report)
     (model,) = report["models"].values()
@@ -135,7 +136,7 @@ def test_quick_test_fixes_on_a_checkpoint_writes_json(tiny_run, tmp_path, capsys
 
 def test_quick_test_fixes_self_check_plumbing(tmp_path, capsys):
     path = tmp_path / "self.json"
-    code = quick_test_fixes.main(["--steps", "2", "--timesteps", "0,49", "--num-clips", "4", "--json", str(path)])
+    code = quick_test_fixes.main(["--steps", "2", "--timesteps", "0,49", "--num_clips", "4", "--json", str(path)])
     report = json.loads(path.read_text())
     assert report["mode"] == "self_check" and code in (0, 1)
     assert set(report["models"]) == {"historical (residual_input)", "fixed"}
@@ -145,7 +146,7 @@ def test_quick_test_fixes_self_check_plumbing(tmp_path, capsys):
 
 def test_quick_test_fixes_untrained_self_check_is_the_identity_and_fails(tmp_path):
     path = tmp_path / "untrained.json"
-    code = quick_test_fixes.main(["--steps", "0", "--timesteps", "0,49", "--num-clips", "4", "--json", str(path)])
+    code = quick_test_fixes.main(["--steps", "0", "--timesteps", "0,49", "--num_clips", "4", "--json", str(path)])
     models = json.loads(path.read_text())["models"]
     hist, fixed = models["historical (residual_input)"], models["fixed"]
     for row in hist["rows"]:  # zero-init head: out = x_t exactly, the seed's bug in pure form
@@ -162,7 +163,7 @@ def test_quick_test_fixes_untrained_self_check_is_the_identity_and_fails(tmp_pat
 def test_debug_sampling_writes_videos_pngs_and_stats(tiny_run, tmp_path, capsys):
     out, stats = tmp_path / "dbg", tmp_path / "stats.json"
     code = debug_vivit_sampling.main(["--experiment", "diag", "--output_dir", str(tiny_run), "--out", str(out),
-                                      "--steps", "3", "--num-samples", "2", "--json", str(stats)])
+                                      "--steps", "3", "--num_samples", "2", "--json", str(stats)])
     assert code == 0
     report = json.loads(stats.read_text())
     assert len(report["prompts"]) == 4 and len(report["per_step"]) == 3
@@ -175,7 +176,7 @@ def test_debug_sampling_writes_videos_pngs_and_stats(tiny_run, tmp_path, capsys)
 
 
 def test_text_gain_is_one_for_a_text_blind_model_and_not_for_a_conditioned_one():
-    diffusion = Text2SignDiffusion(num_timesteps=50, prediction_type="x0")
+    diffusion = GaussianDiffusion(Schedule.create("cosine", 50), "x0")
     videos = torch.rand(4, 3, 2, 4, 4) * 2 - 1
     tokens = torch.arange(4)[:, None] + 2  # clip i has caption token i + 2
     mask = torch.ones(4, 1, dtype=torch.bool)
@@ -204,23 +205,25 @@ def test_text_gain_is_one_for_a_text_blind_model_and_not_for_a_conditioned_one()
         add_text_gain(rows, other[::-1])
 
 
-def test_pose_gain_passes_each_clips_hand_positions_and_attributes_the_failure():
-    diffusion = Text2SignDiffusion(num_timesteps=50, prediction_type="x0")
+def test_pose_gain_passes_each_clips_keypoints_and_attributes_the_failure():
+    diffusion = GaussianDiffusion(Schedule.create("cosine", 50), "x0")
     videos = torch.rand(5, 3, 2, 4, 4) * 2 - 1
     tokens, mask = torch.full((5, 1), 2), torch.ones(5, 1, dtype=torch.bool)
-    hand_xy = torch.arange(5.0)[:, None, None, None].expand(5, 2, 2, 2)  # clip i's positions encode i
+    pose_xy = torch.arange(5.0)[:, None, None, None].expand(5, 2, 20, 2)  # clip i's keypoints encode i
+    visible = torch.ones(5, 2, 20, dtype=torch.bool)
 
-    class UsesPose(torch.nn.Module):  # exact x0 given the true positions; its own guess (0) otherwise
+    class UsesPose(torch.nn.Module):  # exact x0 given the true keypoints; its own guess (0) otherwise
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.tensor(1.0))
 
-        def forward(self, x, t, tok, m, drop=None, hand_xy=None):
-            return torch.zeros_like(x) if hand_xy is None else self.w * videos[hand_xy[:, 0, 0, 0].long()]
+        def forward(self, x, t, tok, m, drop=None, pose_xy=None, pose_visible=None):
+            return torch.zeros_like(x) if pose_xy is None else self.w * videos[pose_xy[:, 0, 0, 0].long()]
 
     ts = [0, 25, 49]
     rows = timestep_table(UsesPose(), diffusion, videos, tokens, mask, ts, seed=1, batch_size=2)
-    true = timestep_table(UsesPose(), diffusion, videos, tokens, mask, ts, seed=1, batch_size=2, hand_xy=hand_xy)
+    true = timestep_table(UsesPose(), diffusion, videos, tokens, mask, ts, seed=1, batch_size=2,
+                          pose=(pose_xy, visible))
     assert all(r["x0_mse"] == 0.0 for r in true)  # every batch slice got its own clips' positions
     lines = add_pose_gain(rows, true)
     assert [r["x0_mse_true_pose"] for r in rows] == [0.0, 0.0, 0.0]
@@ -231,13 +234,13 @@ def test_pose_gain_passes_each_clips_hand_positions_and_attributes_the_failure()
 
 def test_quick_test_fixes_attributes_a_pose_model(tmp_path, capsys):
     out = tmp_path / "runs"
-    assert train_main.main(["--preset", "tiny", "--max_steps", "2", "--experiment_name", "pose", "--pose_cond",
-                            "true", "--output_dir", str(out), "--num_threads", "1"]) == 0
+    assert train_main.main(["--preset", "tiny", "--max_steps", "2", "--experiment_name", "pose",
+                            "--output_dir", str(out), "--num_threads", "1"]) == 0
     path = tmp_path / "pose.json"
     quick_test_fixes.main(["--experiment", "pose", "--output_dir", str(out), "--timesteps", "0,49",
-                           "--num-clips", "4", "--json", str(path)])
+                           "--num_clips", "4", "--json", str(path)])
     (model,) = json.loads(path.read_text())["models"].values()
     assert all({"x0_mse_true_pose", "skill_true_pose"} <= set(r) for r in model["rows"])
     assert not model["passed"]  # 2 steps: fails somewhere, and every failing t is attributed
-    assert model["pose_attribution"] and all("true hand positions" in line for line in model["pose_attribution"])
+    assert model["pose_attribution"] and all("true keypoints" in line for line in model["pose_attribution"])
     assert "Pose stage: x0-MSE" in capsys.readouterr().out

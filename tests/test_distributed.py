@@ -29,10 +29,11 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import torch
     import main
+    import training
     seen = {{}}
-    unwrap, make_ema = main.unwrap, main.make_ema
-    main.unwrap = lambda m: seen.setdefault("model", unwrap(m))
-    main.make_ema = lambda *a, **k: seen.setdefault("ema", make_ema(*a, **k))
+    unwrap, make_ema = training.unwrap, training.make_ema
+    training.unwrap = lambda m: seen.setdefault("model", unwrap(m))
+    training.make_ema = lambda *a, **k: seen.setdefault("ema", make_ema(*a, **k))
     code = main.main(sys.argv[2:])
     torch.save(dict(model=seen["model"].state_dict(), ema=seen["ema"].module.state_dict()),
                os.path.join(sys.argv[1], "rank%s.pt" % os.environ["RANK"]))

@@ -8,7 +8,8 @@ from config import make_config
 from data.signer import sentence_trajectory
 from data.synthetic import SyntheticSignDataset
 from data.text import Tokenizer
-from diffusion.text2sign import Text2SignDiffusion
+from diffusion import build_diffusion
+from diffusion.gaussian import GaussianDiffusion, Schedule
 from evaluation.runner import CONDITIONS, canonical_dtw_floor, evaluate_run, prompt_ranking, score_synthetic
 from models import build_model
 
@@ -71,7 +72,7 @@ def test_prompt_ranking_on_toy_models():
     for i, r in enumerate(refs):
         r["caption"] = f"w{i} " + r["caption"]
     tok = Tokenizer.from_captions([r["caption"] for r in refs])
-    diffusion = Text2SignDiffusion(num_timesteps=50, prediction_type="x0")
+    diffusion = GaussianDiffusion(Schedule.create("cosine", 50), "x0")
     oracle = _Oracle({tok.encode(r["caption"], 1)[0]: r["video"] for r in refs})
     assert prompt_ranking(oracle, diffusion, tok, refs, cfg) == 1.0
     assert prompt_ranking(_TextBlind(), diffusion, tok, refs, cfg) == 0.0  # ties never count
@@ -84,7 +85,7 @@ def test_evaluate_run_writes_every_condition(tmp_path, pose_cond):
     tok = Tokenizer.from_captions(ds.captions)
     model = build_model(cfg, len(tok))
     path = tmp_path / "eval.json"
-    results = evaluate_run(model, Text2SignDiffusion.from_config(cfg), tok, cfg, "test", path,
+    results = evaluate_run(model, build_diffusion(cfg), tok, cfg, "test", path,
                            log=lambda *a: None, num_clips=3)
     saved = json.loads(path.read_text())
     assert set(CONDITIONS) <= set(saved) and "prompt_ranking_top1" in saved
@@ -101,10 +102,10 @@ def test_evaluate_cli_applies_sampler_options(tmp_path):
     assert train_main.main(["--preset", "tiny", "--experiment_name", "ev", "--output_dir", str(tmp_path),
                             "--max_steps", "2"]) == 0
     out = tmp_path / "eval.json"
-    assert evaluate.main(["--experiment", "ev", "--output-dir", str(tmp_path), "--num-clips", "2",
+    assert evaluate.main(["--experiment", "ev", "--output_dir", str(tmp_path), "--num_clips", "2",
                           "--sampler", "ddpm", "--eta", "1", "--guidance", "2", "--json", str(out)]) == 0
     meta = json.loads(out.read_text())["meta"]
     assert (meta["sampler"], meta["ddim_eta"], meta["guidance_scale"], meta["num_clips"]) == ("ddpm", 1.0, 2.0, 2)
-    assert evaluate.main(["--experiment", "ev", "--output-dir", str(tmp_path), "--num-clips", "2",
-                          "--start-t", "10", "--json", str(out)]) == 0
+    assert evaluate.main(["--experiment", "ev", "--output_dir", str(tmp_path), "--num_clips", "2",
+                          "--start_t", "10", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["meta"]["start_t"] == 10

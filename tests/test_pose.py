@@ -1,30 +1,53 @@
-"""The pose stage (pose_cond): heatmaps, how the denoiser uses them, its loss, and that it learns."""
+"""The pose stage (pose_cond): the rendered pose map, how the denoiser uses it, its loss, and that it learns."""
 import pytest
 import torch
 
-from config import ConfigError, make_config
-from data import build_dataset
+from config import make_config
+from data import build_dataset, check_dataset
+from data.skeleton import INDEX, NUM_POINTS, stage_layout
 from data.text import Collate, Tokenizer
-from diffusion.text2sign import Text2SignDiffusion, q_sample
+from diffusion import build_diffusion, build_objective
 from models import build_model
-from models.architectures.pose import HEATMAP_SIGMA, TRAVEL_LOSS_WEIGHT, hand_heatmaps
+from models.architectures.pose import HEATMAP_SIGMA, TRAVEL_LOSS_WEIGHT, VISIBILITY_LOSS_WEIGHT, pose_losses, render_pose
 
 
-def test_heatmap_peaks_at_each_hand_and_falls_off_as_a_gaussian():
+def test_joint_blobs_peak_at_each_point_and_fall_off_as_a_gaussian():
     size = 16
-    xy = torch.tensor([[[[0.27, 0.77], [0.8, 0.1]]]])  # (B=1, T=1, hands=2, 2)
-    heat = hand_heatmaps(xy, size)
+    xy = torch.tensor([[[[0.27, 0.77], [0.8, 0.1]]]])  # (B=1, T=1, points=2, 2)
+    heat = render_pose(xy, torch.ones(1, 1, 2, dtype=torch.bool), [([0], []), ([1], [])], size)
     assert heat.shape == (1, 2, 1, size, size)
-    for hand, (x, y) in enumerate(xy[0, 0].tolist()):
-        row, col = divmod(int(heat[0, hand, 0].argmax()), size)
+    for point, (x, y) in enumerate(xy[0, 0].tolist()):
+        row, col = divmod(int(heat[0, point, 0].argmax()), size)
         assert (col, row) == (int(x * size), int(y * size))
-    # A pixel centre at distance d from the centre holds exp(-d^2 / (2 sigma^2)).
+    # A pixel centre at distance d from the point holds exp(-d^2 / (2 sigma^2)).
     d2 = ((4 + 0.5) / size - 0.27) ** 2 + ((12 + 0.5) / size - 0.77) ** 2
     assert heat[0, 0, 0, 12, 4].item() == pytest.approx(torch.exp(torch.tensor(-d2 / (2 * HEATMAP_SIGMA**2))).item())
 
 
-def _pose_model(seed=0):
-    cfg = make_config("tiny", dict(pose_cond=True))
+def test_limbs_draw_lines_and_invisible_points_draw_nothing():
+    size = 32
+    xy = torch.tensor([[[[0.2, 0.5], [0.8, 0.5], [0.5, 0.9]]]])
+    visible = torch.tensor([[[True, True, False]]])
+    maps = render_pose(xy, visible, [([0, 1, 2], [(0, 1), (1, 2)])], size)[0, 0, 0]
+    row = int(0.5 * size)
+    assert maps[row, int(0.5 * size)] > 0.95  # the middle of the visible limb 0-1 is on the line
+    assert maps[int(0.9 * size), int(0.5 * size)] < 1e-3  # point 2 is invisible: no blob
+    assert maps[int(0.7 * size), int(0.65 * size)] < 1e-3  # and no limb 1-2
+    assert render_pose(xy, torch.zeros_like(visible), [([0, 1, 2], [(0, 1)])], size).max() == 0
+
+
+@pytest.mark.parametrize("kind", ["hands", "full"])
+def test_stage_layouts_index_the_skeleton(kind):
+    points, groups, hands = stage_layout(kind)
+    assert [points[h] for h in hands] == [INDEX["right_hand"], INDEX["left_hand"]]
+    for joints, limbs in groups:
+        assert all(0 <= j < len(points) for j in joints)
+        assert all(a in joints and b in joints for a, b in limbs)
+    assert len(points) == (2 if kind == "hands" else NUM_POINTS)
+
+
+def _pose_model(seed=0, kind="hands"):
+    cfg = make_config("tiny", dict(pose_skeleton=kind))
     torch.manual_seed(seed)
     model = build_model(cfg, 50)
     with torch.no_grad():  # a trained-looking head: the zero-init one outputs 0 for any input
@@ -37,90 +60,105 @@ def _inputs(cfg, batch=2):
     x = torch.randn(batch, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px, generator=gen)
     t = torch.tensor([5, 40][:batch])
     tokens = torch.randint(2, 50, (batch, 5), generator=gen)
-    hand_xy = torch.rand(batch, cfg.num_frames, 2, 2, generator=gen)
-    return x, t, tokens, torch.ones_like(tokens, dtype=torch.bool), hand_xy
+    pose_xy = torch.rand(batch, cfg.num_frames, NUM_POINTS, 2, generator=gen)
+    visible = torch.ones(batch, cfg.num_frames, NUM_POINTS, dtype=torch.bool)
+    return x, t, tokens, torch.ones_like(tokens, dtype=torch.bool), pose_xy, visible
 
 
-def test_denoiser_follows_the_heatmaps_except_under_the_null_condition():
-    cfg, model = _pose_model()
-    x, t, tokens, mask, hand_xy = _inputs(cfg)
-    a = model(x, t, tokens, mask, hand_xy=hand_xy)
-    b = model(x, t, tokens, mask, hand_xy=1 - hand_xy)
-    assert not torch.allclose(a, b)  # the hand positions reach the output
-    assert torch.equal(model(x, t, tokens, mask), model(x, t, tokens, mask, hand_xy=model(
-        x, t, tokens, mask, return_pose=True)[1]))  # no hand_xy: the stage's own prediction
+@pytest.mark.parametrize("kind", ["hands", "full"])
+def test_denoiser_follows_the_pose_map_except_under_the_null_condition(kind):
+    cfg, model = _pose_model(kind=kind)
+    x, t, tokens, mask, pose_xy, visible = _inputs(cfg)
+    a = model(x, t, tokens, mask, pose_xy=pose_xy, pose_visible=visible)
+    b = model(x, t, tokens, mask, pose_xy=1 - pose_xy, pose_visible=visible)
+    assert not torch.allclose(a, b)  # the keypoints reach the output
+    pred, pred_visible = model.predict_pose(tokens, mask)
+    full = torch.zeros_like(pose_xy)
+    full[:, :, model.pose_points] = pred
+    full_vis = torch.zeros_like(visible)
+    full_vis[:, :, model.pose_points] = pred_visible
+    # no keypoints given: the map shows the stage's own prediction
+    assert torch.equal(model(x, t, tokens, mask), model(x, t, tokens, mask, pose_xy=full, pose_visible=full_vis))
     drop = torch.ones(2, dtype=torch.bool)
-    assert torch.equal(model(x, t, tokens, mask, drop, hand_xy=hand_xy),
-                       model(x, t, tokens, mask, drop, hand_xy=1 - hand_xy))  # null text: no pose
-    out, pose = model(x, t, tokens, mask, return_pose=True)
-    assert out.shape == x.shape and pose.shape == (2, cfg.num_frames, 2, 2)
-    assert torch.equal(model.predict_pose(tokens, mask), pose)
+    assert torch.equal(model(x, t, tokens, mask, drop, pose_xy=pose_xy, pose_visible=visible),
+                       model(x, t, tokens, mask, drop, pose_xy=1 - pose_xy, pose_visible=visible))  # null text: no pose
+    assert pred.shape == (2, cfg.num_frames, len(model.pose_points), 2)
 
 
-def test_model_without_pose_stage_rejects_hand_positions():
-    cfg = make_config("tiny")
-    x, t, tokens, mask, hand_xy = _inputs(cfg)
+def test_model_without_pose_stage_rejects_keypoints():
+    cfg = make_config("tiny", dict(pose_cond=False))
+    x, t, tokens, mask, pose_xy, visible = _inputs(cfg)
     with pytest.raises(ValueError, match="pose_cond"):
-        build_model(cfg, 50)(x, t, tokens, mask, hand_xy=hand_xy)
+        build_model(cfg, 50)(x, t, tokens, mask, pose_xy=pose_xy, pose_visible=visible)
 
 
-def test_pose_loss_is_the_weighted_mse_of_the_clips_that_kept_their_text():
+def test_pose_losses_by_hand_and_invisible_points_do_not_count():
+    gen = torch.Generator().manual_seed(0)
+    pred, truth = torch.rand(2, 4, 3, 2, generator=gen), torch.rand(2, 4, 3, 2, generator=gen)
+    logits = torch.randn(2, 4, 3, generator=gen)
+    visible = torch.ones(2, 4, 3, dtype=torch.bool)
+    visible[0, :, 2] = False
+    terms = pose_losses(pred, logits, truth, visible, hands=[0, 1])
+    mse0 = ((pred[0, :, :2] - truth[0, :, :2]) ** 2).mean()  # point 2 of clip 0 is invisible
+    assert terms["pose_mse"][0].item() == pytest.approx(mse0.item(), rel=1e-5)
+    moved = truth.clone()
+    moved[0, :, 2] += 5.0  # moving an invisible point changes nothing
+    assert torch.equal(pose_losses(pred, logits, moved, visible, [0, 1])["pose_mse"], terms["pose_mse"])
+    travel = [sum((xy[f + 1, h] - xy[f, h]).norm() for f in range(3) for h in range(2)) for xy in (pred[1], truth[1])]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[1], torch.ones(4, 3))
+    mse1 = ((pred[1] - truth[1]) ** 2).mean()
+    expected = mse1 + TRAVEL_LOSS_WEIGHT * (travel[0] - travel[1]) ** 2 + VISIBILITY_LOSS_WEIGHT * bce
+    assert terms["pose"][1].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_pose_term_joins_the_loss_on_the_clips_that_kept_their_text():
     cfg, model = _pose_model()
-    x0, _, tokens, mask, hand_xy = _inputs(cfg)
-    diffusion = Text2SignDiffusion.from_config(make_config("tiny", dict(pose_cond=True, pose_loss_weight=7.0)))
+    cfg = make_config("tiny", dict(pose_loss_weight=7.0))
+    x0, _, tokens, mask, pose_xy, visible = _inputs(cfg)
+    diffusion = build_diffusion(cfg)
+    objective = build_objective(cfg, diffusion)
     t, noise = torch.tensor([3, 30]), torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
     drop = torch.tensor([False, True])
-    result = diffusion.training_losses(model, x0, tokens, mask, draws=(t, noise, drop), hand_xy=hand_xy)
-    out, pose = model(q_sample(diffusion.sched, x0, t, noise), t, tokens, mask, drop, hand_xy=hand_xy,
-                      return_pose=True)
-    by_hand = ((pose[0] - hand_xy[0]) ** 2).mean()  # clip 1 dropped its text: not scored
-    assert result["pose_mse"].item() == pytest.approx(by_hand.item(), rel=1e-5)
-    travel = [sum((xy[f + 1, h] - xy[f, h]).norm() for f in range(cfg.num_frames - 1) for h in range(2))
-              for xy in (pose[0], hand_xy[0])]
-    pose_loss = by_hand + TRAVEL_LOSS_WEIGHT * (travel[0] - travel[1]) ** 2
-    denoise = (result["per_sample"] * diffusion.loss_weights(t)).mean()
-    assert result["loss"].item() == pytest.approx(denoise.item() + 7.0 * pose_loss.item(), rel=1e-5)
+    result = objective(model, x0, tokens, mask, (t, noise, drop), dict(pose_xy=pose_xy, pose_visible=visible))
+    pred, logits = model.pose(*model.text(tokens, mask, drop))
+    points = model.pose_points
+    by_hand = pose_losses(pred, logits, pose_xy[:, :, points], visible[:, :, points], model.pose_hands)
+    assert result.aux_mean("pose_mse") == pytest.approx(by_hand["pose_mse"][0].item(), rel=1e-5)  # clip 1 dropped
+    denoise = (result.per_sample * objective.weights(t)).mean()
+    assert result.loss.item() == pytest.approx(denoise.item() + 7.0 * by_hand["pose"][0].item() / 2, rel=1e-5)
 
 
-def test_pose_stage_learns_hand_positions_from_text():
-    cfg = make_config("tiny", dict(pose_cond=True, num_train_samples=64, lr=3e-3))
+def test_pose_stage_learns_keypoints_from_text():
+    cfg = make_config("tiny", dict(num_train_samples=64, lr=3e-3, pose_skeleton="full"))
     data = build_dataset(cfg, "train")
     tokenizer = Tokenizer.from_captions(data.captions)
     batch = Collate(tokenizer, cfg.max_text_len_tokens)([data[i] for i in range(32)])
     torch.manual_seed(0)
     model = build_model(cfg, len(tokenizer))
-    diffusion = Text2SignDiffusion.from_config(cfg)
+    objective = build_objective(cfg, build_diffusion(cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(0)
+    cond = dict(pose_xy=batch["pose_xy"], pose_visible=batch["pose_visible"])
     first = None
     for _ in range(40):
-        result = diffusion.training_losses(model, batch["video"], batch["tokens"], batch["token_mask"],
-                                           generator=gen, hand_xy=batch["hand_xy"])
+        draws = objective.draw(tuple(batch["video"].shape), gen)
+        result = objective(model, batch["video"], batch["tokens"], batch["token_mask"], draws, cond)
         opt.zero_grad()
-        result["loss"].backward()
+        result.loss.backward()
         opt.step()
-        first = first or result["pose_mse"].item()
-    assert result["pose_mse"].item() < first / 3, (first, result["pose_mse"].item())
+        first = first or result.aux_mean("pose_mse")
+    assert result.aux_mean("pose_mse") < first / 3, (first, result.aux_mean("pose_mse"))
+    _, visible = model.predict_pose(batch["tokens"], batch["token_mask"])  # fingertips: never in the data
+    assert not visible[..., list(range(10, 20))].any() and visible[..., :10].all()
 
 
-def test_pose_cond_needs_a_dataset_with_hand_positions():
-    with pytest.raises(ConfigError, match="pose_cond"):
-        make_config("tiny", dict(pose_cond=True, dataset="folder", data_root="/tmp"))
+def test_pose_cond_needs_a_dataset_with_keypoints():
+    cfg = make_config("tiny")
 
+    class NoKeypoints(torch.utils.data.Dataset):
+        def __getitem__(self, i):
+            return dict(video=torch.zeros(3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px), caption="hi")
 
-def test_truth_mask_shows_the_prediction_where_false_and_training_uses_it_below_min_t():
-    cfg, model = _pose_model()
-    x, t, tokens, mask, hand_xy = _inputs(cfg)
-    pred = model.predict_pose(tokens, mask)
-    mixed = model(x, t, tokens, mask, hand_xy=hand_xy, truth_mask=torch.tensor([True, False]))
-    by_hand = model(x, t, tokens, mask, hand_xy=torch.stack([hand_xy[0], pred[1]]))
-    assert torch.equal(mixed, by_hand)
-    # Training: below pose_truth_min_t the heatmaps show the prediction (t = [3, 30] here).
-    diffusion = Text2SignDiffusion.from_config(make_config("tiny", dict(pose_cond=True, pose_truth_min_t=10)))
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
-    draws = (torch.tensor([3, 30]), noise, torch.tensor([False, False]))
-    got = diffusion.training_losses(model, x.clamp(-1, 1), tokens, mask, draws=draws, hand_xy=hand_xy)
-    x_t = q_sample(diffusion.sched, x.clamp(-1, 1), draws[0], noise)
-    want = model(x_t, draws[0], tokens, mask, draws[2], hand_xy=torch.stack([pred[0], hand_xy[1]]))
-    target = x.clamp(-1, 1)
-    assert got["per_sample"][0].item() == pytest.approx(((want - target) ** 2)[0].mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="no keypoints"):
+        check_dataset(cfg, NoKeypoints())
+    check_dataset(make_config("tiny", dict(pose_cond=False)), NoKeypoints())

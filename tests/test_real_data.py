@@ -272,7 +272,7 @@ def test_main_trains_on_each_fixture_dataset(dataset, tmp_path):
      "folder": fx.write_folder}[dataset](str(root))
     args = ["--experiment_name", dataset, "--output_dir", str(tmp_path / "runs"), "--preset", "tiny",
             "--dataset", dataset, "--data_root", str(root), "--max_steps", "1", "--checkpoint_every_steps", "1",
-            "--max_bad_clip_fraction", "0.5"]
+            "--max_bad_clip_fraction", "0.5", "--pose_cond", "false"]
     assert train_main.main(args) == 0
 
 

@@ -30,8 +30,10 @@ from checkpoint import (FORMAT_VERSION, REQUIRED_KEYS, CheckpointError, checkpoi
 from config import config_from_dict, make_config
 from data import StepSampler, build_dataset, make_train_loader
 from data.text import Tokenizer
-from diffusion.text2sign import Text2SignDiffusion
+from diffusion import build_diffusion
+from diffusion.objective import DenoisingLoss
 from models import build_model
+from training import Trainer, make_ema, param_groups
 from pipeline import encode_prompts, generate, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +67,8 @@ def make_state(cfg, step: int = 5) -> dict:
     """A complete checkpoint state as main.py writes it, without running the loop."""
     tokenizer = Tokenizer(["hello", "sign", "world"])
     model = build_model(cfg, len(tokenizer))
-    ema = train_main.make_ema(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(train_main.param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    ema = make_ema(model, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     optimizer.step()  # so the optimizer state holds tensors
@@ -120,7 +122,7 @@ def test_save_is_atomic_fsynced_and_rotated(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(("replace", str(src), str(dst))),
                                                          real_replace(src, dst))[1])
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / ".tmp_ckpt_00000001_99999.pt").write_bytes(b"left by a killed run")
+    (tmp_path / "checkpoints" / ".tmp_ckpt_00000001.pt_99999").write_bytes(b"left by a killed run")
     for step in (5, 10, 15):
         final = save_checkpoint(tmp_path, make_state(cfg, step), keep=2)
         assert final.name == f"ckpt_{step:08d}.pt"
@@ -355,7 +357,7 @@ def test_generate_survives_long_and_partly_unknown_prompts():
     cfg = make_config("tiny", dict(sampling_steps=2))
     tok = Tokenizer(["hello", "sign", "world"])
     model = build_model(cfg, len(tok))
-    diffusion = Text2SignDiffusion.from_config(cfg)
+    diffusion = build_diffusion(cfg)
     prompts = ["hello sign " * 50, "hello unknownword", "WORLD!!"]
     with pytest.warns(UserWarning):
         videos = generate(model, diffusion, tok, prompts, cfg, seed=0)
@@ -419,16 +421,14 @@ def straight_run(tmp_path_factory):
 
 
 def _interrupt_at(monkeypatch, step: int, signum=signal.SIGINT) -> None:
-    """Deliver a real signal to this process during the forward pass of 0-based step `step - 1`."""
-    real = Text2SignDiffusion.training_losses
-    calls = []
+    """Deliver a real signal to this process during 0-based step `step - 1`, before its forward."""
+    real = Trainer.step
 
-    def losses(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == step:
+    def stepped(self, batches, index):
+        if index == step - 1:
             os.kill(os.getpid(), signum)
-        return real(self, *args, **kwargs)
-    monkeypatch.setattr(Text2SignDiffusion, "training_losses", losses)
+        return real(self, batches, index)
+    monkeypatch.setattr(Trainer, "step", stepped)
 
 
 @pytest.mark.parametrize("num_workers, resume_in", [(0, "subprocess"), (2, "process")])
@@ -494,21 +494,27 @@ class _InfGrad(torch.autograd.Function):
 @pytest.mark.parametrize("kind", ["nan_loss", "inf_loss", "inf_grad"])
 def test_non_finite_stops_before_optimizer_step(tmp_path, monkeypatch, capsys, kind):
     run = tmp_path / "run"
-    real = Text2SignDiffusion.training_losses
+    real = DenoisingLoss.__call__
     seen = {}
+    streams = make_config("tiny").cpu_streams  # the loss runs once per stream slice and step
 
     def losses(self, model, *args, **kwargs):
-        seen["calls"] = seen.get("calls", 0) + 1
+        with lock:
+            seen["calls"] = seen.get("calls", 0) + 1
+            calls = seen["calls"]
+            if calls == NAN_OR_INF_STEP * streams + 1:  # the bad step's first slice, before any backward
+                seen["model"] = model
+                seen["params"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                seen["ckpt"] = {p: p.read_bytes() for p in checkpoint_paths(run)}
         result = real(self, model, *args, **kwargs)
-        if seen["calls"] == NAN_OR_INF_STEP + 1:
-            seen["model"] = model
-            seen["params"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            seen["ckpt"] = {p: p.read_bytes() for p in checkpoint_paths(run)}
-            loss = result["loss"]
-            result["loss"] = {"nan_loss": loss * float("nan"), "inf_loss": loss * float("inf"),
-                              "inf_grad": _InfGrad.apply(loss)}[kind]
+        if NAN_OR_INF_STEP * streams < calls <= (NAN_OR_INF_STEP + 1) * streams:
+            loss = result.loss
+            result.loss = {"nan_loss": loss * float("nan"), "inf_loss": loss * float("inf"),
+                           "inf_grad": _InfGrad.apply(loss)}[kind]
         return result
-    monkeypatch.setattr(Text2SignDiffusion, "training_losses", losses)
+    import threading
+    lock = threading.Lock()
+    monkeypatch.setattr(DenoisingLoss, "__call__", losses)
     code = train_main.main(argv(tmp_path, "run", max_steps=12, checkpoint_every_steps=5))
     err = capsys.readouterr().err
     assert code == train_main.EXIT_NONFINITE == 3

@@ -3,28 +3,43 @@ import pytest
 import torch
 
 from config import ConfigError, make_config
-from diffusion.text2sign import Text2SignDiffusion
+from data.skeleton import NUM_POINTS
+from diffusion import build_diffusion, build_objective
 from models import build_model
-from streams import StreamedBackward, slice_loss_fn, split_evenly
+from streams import StreamedBackward, split_evenly
+from training import make_optimizer
+
+
+def _slices(objective, model, x0, tokens, mask, draws, cond):
+    """loss_fn(part) over a slice of one batch and of its pre-drawn (t, noise, drop)."""
+    return lambda part: objective(model, x0[part], tokens[part], mask[part], tuple(d[part] for d in draws),
+                                  {k: v[part] for k, v in cond.items()})
+
+
+def _pose(batch, cfg, gen):
+    return dict(pose_xy=torch.rand(batch, cfg.num_frames, NUM_POINTS, 2, generator=gen),
+                pose_visible=torch.ones(batch, cfg.num_frames, NUM_POINTS, dtype=torch.bool))
 
 
 def _grads(streams: int, batch: int = 5) -> tuple[float, list[torch.Tensor]]:
     torch.manual_seed(0)
     cfg = make_config("tiny", dict(cond_drop_prob=0.5))
     model = build_model(cfg, 20)
-    diffusion = Text2SignDiffusion.from_config(cfg)
+    objective = build_objective(cfg, build_diffusion(cfg))
     gen = torch.Generator().manual_seed(1)
     x0 = torch.rand(batch, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px, generator=gen) * 2 - 1
     tokens = torch.randint(2, 20, (batch, 4), generator=gen)
     mask = torch.ones_like(tokens, dtype=torch.bool)
-    draws = diffusion.draw_training_noise(tuple(x0.shape), gen)
+    cond = _pose(batch, cfg, gen)
+    draws = objective.draw(tuple(x0.shape), gen)
     backward = StreamedBackward(model, streams)
     # Two calls: the second accumulates onto the first's .grad, as grad_accum_steps does.
     for scale in (0.5, 0.5):
-        result = backward(slice_loss_fn(diffusion, model, x0, tokens, mask, draws, False), batch, scale)
+        result = backward(_slices(objective, model, x0, tokens, mask, draws, cond), batch, scale)
     backward.close()
-    assert result["per_sample"].shape == (batch,) and torch.equal(result["t"], draws[0])
-    return float(result["loss"].detach()), [p.grad.clone() for p in model.parameters()]
+    assert result.per_sample.shape == (batch,) and torch.equal(result.t, draws[0])
+    assert set(result.aux_sums) == {"pose", "pose_mse"}
+    return float(result.loss.detach()), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
 def test_split_evenly_covers_the_batch():
@@ -67,26 +82,26 @@ def test_stream_gradients_keep_the_parameter_layout_and_train_like_one_stream():
     training drifted away from the one-stream run (loss +10% within 12 steps)."""
     import copy
 
-    from main import make_optimizer
     torch.manual_seed(0)
     cfg = make_config("tiny", dict(cond_drop_prob=0.3))
     models = [build_model(cfg, 50)]
     models.append(copy.deepcopy(models[0]))
     optims = [make_optimizer(m, cfg) for m in models]
     backs = [StreamedBackward(m, s) for m, s in zip(models, (1, 2))]
-    diffusion = Text2SignDiffusion.from_config(cfg)
+    objective = build_objective(cfg, build_diffusion(cfg))
     gen = torch.Generator().manual_seed(1)
     for _ in range(6):
         x0 = torch.rand(8, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px, generator=gen) * 2 - 1
         tokens = torch.randint(2, 50, (8, 6), generator=gen)
         mask = torch.ones_like(tokens, dtype=torch.bool)
-        draws = diffusion.draw_training_noise(tuple(x0.shape), gen)
+        cond = _pose(8, cfg, gen)
+        draws = objective.draw(tuple(x0.shape), gen)
         losses = []
         for model, opt, back in zip(models, optims, backs):
             opt.zero_grad(set_to_none=True)
-            losses.append(float(back(slice_loss_fn(diffusion, model, x0, tokens, mask, draws, False), 8)["loss"]))
+            losses.append(float(back(_slices(objective, model, x0, tokens, mask, draws, cond), 8).loss))
             for p in model.parameters():
-                assert p.grad.stride() == p.stride()
+                assert p.grad is None or p.grad.stride() == p.stride()
             opt.step()
         assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     for (name, p1), p2 in zip(models[0].named_parameters(), models[1].parameters()):

@@ -6,23 +6,24 @@ import torch
 import main as train_main
 from checkpoint import checkpoint_paths, load_checkpoint
 from config import make_config
-from diffusion.text2sign import Text2SignDiffusion
+from diffusion import build_diffusion, build_objective
 from models import build_model
+from training import make_ema
 
 
 def test_tiny_overfits_a_fixed_batch():
     torch.manual_seed(0)
-    cfg = make_config("tiny")
+    cfg = make_config("tiny", dict(pose_cond=False))
     model = build_model(cfg, 20)
-    diffusion = Text2SignDiffusion.from_config(cfg)
+    objective = build_objective(cfg, build_diffusion(cfg))
     gen = torch.Generator().manual_seed(0)
     x0 = torch.rand(4, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px) * 2 - 1
     tokens, mask = torch.randint(2, 20, (4, 3)), torch.ones(4, 3, dtype=torch.bool)
-    draws = diffusion.draw_training_noise(tuple(x0.shape), gen)
+    draws = objective.draw(tuple(x0.shape), gen)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(150):
-        loss = diffusion.training_losses(model, x0, tokens, mask, draws=draws)["loss"]
+        loss = objective(model, x0, tokens, mask, draws).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -32,7 +33,7 @@ def test_tiny_overfits_a_fixed_batch():
 
 def test_ema_follows_the_warmup_decay_and_skips_integer_buffers():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    ema = train_main.make_ema(model, decay=0.5)
+    ema = make_ema(model, decay=0.5)
     expected = None
     for n in range(4):  # n = n_averaged at the call; the first call copies the model
         with torch.no_grad():

@@ -1,38 +1,39 @@
-"""The pose stage of pose-guided generation: text -> per-frame hand positions -> heatmaps.
+"""The pose stage of pose-guided generation: text -> per-frame keypoints -> a rendered pose map.
 
 Sign-language production has long split text -> pose -> video (Stoll et al. 2020, "Text2Sign";
 Saunders et al. 2020, "Progressive Transformers"): the hard, low-dimensional part (which hand goes
 where, when) is learned as a regression, and the video generator paints a clip that follows it.
-Here the split lives inside one denoiser: `PoseStage` reads the text and predicts each frame's hand
-centres (through a `LengthRegulator`); `hand_heatmaps` draws them as Gaussian blobs that join x_t
-as extra input channels (the way pose-guided video diffusion feeds a skeleton, e.g. ControlNet or
-Animate Anyone).
+Here the split lives inside one denoiser: `PoseStage` reads the text and predicts each frame's
+keypoints and their visibility (through a `LengthRegulator`); `render_pose` draws them as image
+channels (joints as Gaussian blobs, limbs as Gaussian lines: a stick figure, as pose-guided video
+diffusion feeds a skeleton, e.g. ControlNet or Animate Anyone) that join x_t as extra input channels.
 
-Why (docs/experiments.md, row 27): starting the demo's sampler from ground-truth clips noised to
-t = 20 gave back-translated gloss accuracy 0.80, from pure noise 0.12: the denoiser paints readable
-signs once the layout is known, and what fails is deciding the layout from text at high noise.
+Why (docs/experiments.md, row 27): starting the sampler from ground-truth clips noised to t = 20
+keeps the signs readable, from pure noise it does not: the denoiser paints readable signs once the
+layout is known, and what fails is deciding the layout from text at high noise.
 
-Training feeds the ground-truth positions (teacher forcing) and trains the stage on them; sampling
-feeds the stage's prediction. The null text of classifier-free guidance also drops the heatmaps.
+Training feeds the ground-truth keypoints (teacher forcing, invisible points left out of the map and
+of the loss) and trains the stage on them; sampling feeds the stage's prediction. The null text of
+classifier-free guidance also drops the pose map.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Blob radius in frame units: about a glove's radius (0.047-0.062 in data/signer.py), so a blob
-# covers the few pixels of a hand at 32 px instead of a single one.
+# Blob and line radius in frame units: about a glove's radius on the synthetic signer (data/signer.py
+# HAND_RADIUS), so a blob covers the few pixels of a hand at 32 px instead of a single one.
 HEATMAP_SIGMA = 0.05
-NUM_HANDS = 2
-# Weight of the squared hand-travel error next to the position MSE (both in frame units). A pure
-# MSE regresses to the mean path over the data's random timing and cuts corners: in a probe its
-# predicted tracks travelled 0.80-0.84 of the reference; with this term 0.96-1.04 at the same
-# position error (1.87 vs 1.96 px after 1000 steps; docs/experiments.md, row 30).
+# Weight of the squared hand-travel error next to the position MSE (both in frame units). A pure MSE
+# regresses to the mean path over the data's random timing and cuts corners (row 30).
 TRAVEL_LOSS_WEIGHT = 0.01
+# Weight of the visibility cross-entropy next to the position MSE: visibility only decides which
+# points are drawn at sampling, so it must not pull the shared features away from positions.
+VISIBILITY_LOSS_WEIGHT = 0.01
 
 
 class LengthRegulator(nn.Module):
@@ -42,9 +43,7 @@ class LengthRegulator(nn.Module):
     every token gets a duration (fillers can learn ~0), durations are normalised to the clip, and
     frame f reads the tokens whose span covers its time (f + 0.5) / frames, plus where inside that
     span it is (the sign's phase). Signs follow the word order, so this bias replaces what learned
-    frame queries must otherwise discover by attention: in a 1000-step probe a FrameAligner-based
-    stage got 4.9 -> 2.2 px RMS hand error, this one 1.8 px (the jitter of the data leaves ~1.5;
-    docs/experiments.md, row 28).
+    frame queries must otherwise discover by attention (docs/experiments.md, row 28).
     """
 
     def __init__(self, width: int, frames: int, phase_freqs: int = 8):
@@ -76,38 +75,74 @@ class LengthRegulator(nn.Module):
 
 
 class PoseStage(nn.Module):
-    """Text context -> hand centres (B, frames, NUM_HANDS, 2), (x, y) in frame units [0, 1]."""
+    """Text context -> keypoints (B, frames, points, 2) in frame units [0, 1] and visibility logits
+    (B, frames, points)."""
 
-    def __init__(self, width: int, frames: int, mlp: Callable[[int, float], nn.Sequential], mlp_ratio: float):
-        """`mlp(width, mlp_ratio)`: the denoiser's transformer MLP (passed in: vivit.py imports this file)."""
+    def __init__(self, width: int, frames: int, num_points: int, mlp: Callable[[int, float], nn.Sequential],
+                 mlp_ratio: float):
+        """`mlp(width, mlp_ratio)`: the denoiser's transformer MLP (passed in to share its definition)."""
         super().__init__()
+        self.num_points = num_points
         self.regulator = LengthRegulator(width, frames)
         self.mlp = nn.Sequential(nn.LayerNorm(width), *mlp(width, mlp_ratio))
-        self.head = nn.Linear(width, NUM_HANDS * 2)
-        # Start at the frame centre: the loss then only has to learn offsets.
+        self.head = nn.Linear(width, num_points * 3)
+        # Start every point at the frame centre, visible: the loss then only has to learn offsets.
         nn.init.zeros_(self.head.weight)
-        nn.init.constant_(self.head.bias, 0.5)
+        with torch.no_grad():
+            self.head.bias.view(num_points, 3).copy_(torch.tensor([0.5, 0.5, 2.0]))
 
-    def forward(self, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.regulator(ctx, ctx_mask)
-        return self.head(h + self.mlp(h)).unflatten(-1, (NUM_HANDS, 2))
+        out = self.head(h + self.mlp(h)).unflatten(-1, (self.num_points, 3))
+        return out[..., :2], out[..., 2]
 
 
-def hand_travel(hand_xy: torch.Tensor) -> torch.Tensor:
-    """(B, T, hands, 2) -> (B,) summed frame-to-frame distance of all hands (frame units)."""
-    return (hand_xy[:, 1:] - hand_xy[:, :-1]).norm(dim=-1).sum(dim=(1, 2))
+def hand_travel(xy: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, hands, 2) -> (B,) summed frame-to-frame distance of all hands (frame units), over the
+    steps whose both frames are visible when `visible` (B, T, hands) is given."""
+    step = (xy[:, 1:] - xy[:, :-1]).norm(dim=-1)
+    if visible is not None:
+        step = step * (visible[:, 1:] & visible[:, :-1])
+    return step.sum(dim=(1, 2))
 
 
-def pose_losses(pred: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per clip (B,): (position MSE, position MSE + TRAVEL_LOSS_WEIGHT x squared travel error)."""
-    mse = ((pred - truth) ** 2).mean(dim=(1, 2, 3))
-    return mse, mse + TRAVEL_LOSS_WEIGHT * (hand_travel(pred) - hand_travel(truth)) ** 2
+def pose_losses(pred_xy: torch.Tensor, vis_logits: torch.Tensor, truth_xy: torch.Tensor,
+                visible: torch.Tensor, hands: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Per clip (B,) terms of the pose stage: `pose_mse`, the position MSE over visible points, and
+    `pose`, the loss it trains on (position MSE + TRAVEL_LOSS_WEIGHT x squared hand-travel error +
+    VISIBILITY_LOSS_WEIGHT x visibility cross-entropy). `hands` index the hand centres among the points."""
+    vis = visible.to(pred_xy.dtype)
+    count = vis.sum(dim=(1, 2)).clamp(min=1.0)
+    mse = (((pred_xy - truth_xy) ** 2).sum(-1) * vis).sum(dim=(1, 2)) / (2 * count)
+    hands = list(hands)
+    travel = hand_travel(pred_xy[:, :, hands], visible[:, :, hands]) - hand_travel(truth_xy[:, :, hands], visible[:, :, hands])
+    bce = F.binary_cross_entropy_with_logits(vis_logits, vis, reduction="none").mean(dim=(1, 2))
+    return dict(pose_mse=mse, pose=mse + TRAVEL_LOSS_WEIGHT * travel**2 + VISIBILITY_LOSS_WEIGHT * bce)
 
 
-def hand_heatmaps(hand_xy: torch.Tensor, size_px: int, sigma: float = HEATMAP_SIGMA) -> torch.Tensor:
-    """(B, T, hands, 2) centres in frame units -> (B, hands, T, size_px, size_px) blobs in [0, 1]."""
-    grid = (torch.arange(size_px, device=hand_xy.device, dtype=hand_xy.dtype) + 0.5) / size_px
-    x = hand_xy[..., 0].transpose(1, 2)[..., None, None]  # (B, hands, T, 1, 1)
-    y = hand_xy[..., 1].transpose(1, 2)[..., None, None]
-    dist2 = (grid.view(1, 1, 1, 1, -1) - x) ** 2 + (grid.view(1, 1, 1, -1, 1) - y) ** 2
-    return torch.exp(dist2 / (-2 * sigma * sigma))
+def render_pose(xy: torch.Tensor, visible: torch.Tensor, groups: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]],
+                size_px: int, sigma: float = HEATMAP_SIGMA) -> torch.Tensor:
+    """(B, T, P, 2) keypoints in frame units and (B, T, P) visibility -> (B, C, T, size_px, size_px)
+    maps in [0, 1], one channel per group (joints, limbs): the max over the group of each joint's
+    Gaussian blob and each limb's Gaussian line (distance to the segment). Invisible joints, and limbs
+    touching one, are not drawn."""
+    grid = (torch.arange(size_px, device=xy.device, dtype=xy.dtype) + 0.5) / size_px
+    gx, gy = grid.view(1, 1, 1, 1, -1), grid.view(1, 1, 1, -1, 1)  # (1, 1, 1, 1, W), (1, 1, 1, H, 1)
+    vis = visible.to(xy.dtype)
+    channels = []
+    for joints, limbs in groups:
+        joints = list(joints)
+        p = xy[:, :, joints, None, None]  # (B, T, J, 1, 1, 2)
+        d2 = (gx - p[..., 0]) ** 2 + (gy - p[..., 1]) ** 2  # (B, T, J, H, W)
+        maps = torch.exp(d2 / (-2 * sigma * sigma)) * vis[:, :, joints, None, None]
+        if limbs:
+            a_idx, b_idx = [a for a, _ in limbs], [b for _, b in limbs]
+            a, b = xy[:, :, a_idx, None, None], xy[:, :, b_idx, None, None]
+            ab = b - a
+            u = (((gx - a[..., 0]) * ab[..., 0] + (gy - a[..., 1]) * ab[..., 1])
+                 / (ab ** 2).sum(-1).clamp(min=1e-9)).clamp(0, 1)
+            dl2 = (gx - a[..., 0] - u * ab[..., 0]) ** 2 + (gy - a[..., 1] - u * ab[..., 1]) ** 2
+            lines = torch.exp(dl2 / (-2 * sigma * sigma)) * (vis[:, :, a_idx] * vis[:, :, b_idx])[..., None, None]
+            maps = torch.cat([maps, lines], dim=2)
+        channels.append(maps.amax(dim=2))
+    return torch.stack(channels, dim=1)

@@ -1,0 +1,244 @@
+"""The training step, one implementation for main.py, bench.py and quick_test_fixes.py.
+
+Owns: the learning-rate schedule (a pure function of the step), parameter groups, the optimizer and
+EMA builders, the precision choice, `Trainer.step` (each micro-batch's forward and backward through
+the CPU streams or DDP, gradient clipping, the non-finite check, the optimizer and EMA updates), and
+`MetricsWindow`, which turns steps into the logged record.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel
+
+from checkpoint import FORMAT_VERSION, gather_rng_states, load_weights, rng_state, set_rng_state, unwrap
+from diffusion.objective import DenoisingLoss, LossTerms
+from streams import StreamedBackward
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio: a pure function of the step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, embeddings, positions and scalars (the usual GPT/DiT split)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "embed.weight" not in name and "pos" not in name else no_decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW, fused on every device (torch's fused CPU kernel: one pass over all tensors)."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                             betas=(0.9, cfg.adam_beta2), fused=True)
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """EMA with the diffusers warm-up: decay_n = min(decay, (1 + n) / (10 + n)); starts as an exact copy.
+
+    One foreach lerp over all tensors per step instead of a per-tensor avg_fn (docs/performance.md,
+    round 3). The warm-up decay stays a tensor, so CUDA never syncs.
+    """
+    @torch.no_grad()
+    def ema_update(avg: list[torch.Tensor], new: list[torch.Tensor], num_updates: torch.Tensor) -> None:
+        if not avg[0].is_floating_point():  # integer buffers (BatchNorm's counter): keep the latest
+            for a, n in zip(avg, new):
+                a.copy_(n)
+            return
+        weight = 1 - torch.clamp((1 + num_updates) / (10 + num_updates), max=decay).to(avg[0].dtype)
+        torch._foreach_lerp_(avg, new, [weight] * len(avg))
+    return AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The autocast the step runs under: `name` fp32 | bf16, and why it was chosen."""
+
+    name: str
+    reason: str
+
+    @property
+    def bf16(self) -> bool:
+        return self.name == "bf16"
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, torch.bfloat16, enabled=self.bf16)
+
+
+def choose_precision(cfg, device: torch.device) -> Precision:
+    """`precision` auto -> bf16 autocast on CUDA, fp32 elsewhere; fp32 / bf16 as asked."""
+    if cfg.precision != "auto":
+        return Precision(cfg.precision, "asked for in the config")
+    if device.type == "cuda":
+        return Precision("bf16", "auto: CUDA")
+    return Precision("fp32", "auto: CPU")
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or gradient norm, found before the optimizer step (nothing was updated)."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float, indices: list):
+        super().__init__(f"non-finite loss {loss} or gradient norm {grad_norm} at step {step}, batch "
+                         f"indices {indices}; no optimizer step taken")
+        self.step, self.loss, self.grad_norm, self.indices = step, loss, grad_norm, indices
+
+
+@dataclass
+class StepRecord:
+    """What one optimizer step reports: the step's mean loss (device tensor), the gradient norm
+    before clipping, the LR, and the loss terms of each micro-batch slice this rank computed."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    lr: float
+    terms: list[LossTerms] = field(default_factory=list)
+
+
+def batch_cond(batch: dict[str, Any], pose_cond: bool, device: torch.device) -> dict[str, torch.Tensor]:
+    """The model's conditioning keywords from a batch: the ground-truth skeleton for the pose stage."""
+    if not pose_cond:
+        return {}
+    return dict(pose_xy=batch["pose_xy"].to(device), pose_visible=batch["pose_visible"].to(device))
+
+
+class Trainer:
+    """Model, EMA, optimizer and the step that updates them, as every entry point takes it.
+
+    Diffusion draws (t, noise, text dropout) come from one generator with the same seed on every
+    rank: each rank draws the global micro-batch and keeps its slice, so N ranks == 1 process."""
+
+    def __init__(self, cfg, model: torch.nn.Module, objective: DenoisingLoss, device: torch.device,
+                 precision: Precision, *, rank: int = 0, world: int = 1, streams: int = 1):
+        self.cfg, self.model, self.objective, self.device, self.precision = cfg, model, objective, device, precision
+        self.rank, self.world, self.distributed = rank, world, world > 1 or dist.is_initialized()
+        self.ema = make_ema(model, cfg.ema_decay)
+        self.optimizer = make_optimizer(model, cfg)
+        net = DDP(model) if self.distributed else model
+        self.net = torch.compile(net) if cfg.compile else net
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.backward = StreamedBackward(model, streams)
+        self.micro = cfg.batch_size // (cfg.grad_accum_steps * world)
+
+    def loss_fn(self, x0: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                draws: tuple[torch.Tensor, ...], cond: dict[str, torch.Tensor]) -> Callable[[slice], LossTerms]:
+        """loss_fn(part) for StreamedBackward: the objective on a slice of one batch and of its pre-drawn
+        (t, noise, drop), so the draws do not depend on how the batch is split."""
+        def run(part: slice) -> LossTerms:
+            # autocast is thread-local: entered here, inside whichever stream runs the slice.
+            with self.precision.autocast(self.device):
+                return self.objective(self.net, x0[part], tokens[part], mask[part],
+                                      tuple(d[part] for d in draws), {k: v[part] for k, v in cond.items()})
+        return run
+
+    def step(self, batches: Iterator[dict], step: int) -> StepRecord:
+        """One optimizer step on the next grad_accum_steps micro-batches. Raises NonFiniteError before
+        the optimizer step (parameters, EMA and optimizer untouched) on a non-finite loss or gradient."""
+        cfg = self.cfg
+        lr = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, terms, indices = torch.zeros((), device=self.device), [], []
+        for micro_step in range(cfg.grad_accum_steps):
+            batch = next(batches)
+            x0 = batch["video"].to(self.device, non_blocking=True)
+            tokens, mask = batch["tokens"].to(self.device), batch["token_mask"].to(self.device)
+            indices += batch["index"]
+            t, noise, drop = self.objective.draw((self.micro * self.world, *x0.shape[1:]), self.generator, self.device)
+            part = slice(self.rank * self.micro, (self.rank + 1) * self.micro)
+            fn = self.loss_fn(x0, tokens, mask, (t[part], noise[part], drop[part]),
+                              batch_cond(batch, cfg.pose_cond, self.device))
+            sync = not self.distributed or micro_step == cfg.grad_accum_steps - 1
+            with contextlib.nullcontext() if sync else self.net.no_sync():
+                result = self.backward(fn, x0.shape[0], scale=1 / cfg.grad_accum_steps)
+            loss += result.loss.detach() / cfg.grad_accum_steps
+            terms.append(result)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
+        if self.distributed:
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            raise NonFiniteError(step, loss.item(), grad_norm.item(), indices)
+        self.optimizer.step()
+        self.ema.update_parameters(self.model)
+        return StepRecord(loss, grad_norm, lr, terms)
+
+    def state(self, step: int) -> dict[str, Any]:
+        """The trainer's part of a checkpoint: weights, EMA, optimizer, RNG states (every rank's)."""
+        return dict(format_version=FORMAT_VERSION, step=step, data_position=step * self.cfg.batch_size,
+                    model=unwrap(self.model).state_dict(), ema=self.ema.module.state_dict(),
+                    ema_num_updates=int(self.ema.n_averaged), optimizer=self.optimizer.state_dict(),
+                    rng=gather_rng_states(self.generator) if self.distributed else rng_state(self.generator))
+
+    def load(self, state: dict[str, Any], path) -> int:
+        """Restore in the fixed order (RELIABILITY.md rule 4): model and EMA, optimizer, RNG last.
+        Returns the step to continue from."""
+        load_weights(self.model, state["model"], path)
+        load_weights(self.ema.module, state["ema"], path)
+        self.ema.n_averaged.fill_(state["ema_num_updates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        set_rng_state(rng[self.rank] if isinstance(rng, list) else rng, self.generator)
+        return int(state["step"])
+
+    def close(self) -> None:
+        self.backward.close()
+
+
+class MetricsWindow:
+    """Accumulates steps between two log lines: mean loss, the unweighted loss per timestep quartile
+    (`loss_q1` = lowest noise, as guided-diffusion logs it), the auxiliary terms, samples/s.
+
+    Per-step values stay on the device (no host sync per step); `record` reads them once."""
+
+    def __init__(self, cfg, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.reset(0.0)
+
+    def reset(self, now_s: float) -> None:
+        self.loss, self.steps, self.start_s = torch.zeros((), device=self.device), 0, now_s
+        self.bucket_sums, self.bucket_counts = torch.zeros(4), torch.zeros(4)
+        self.aux_sums: dict[str, torch.Tensor] = {}
+        self.kept = torch.zeros((), device=self.device)
+
+    def add(self, record: StepRecord) -> None:
+        self.loss += record.loss.detach()
+        self.steps += 1
+        num_t = self.cfg.num_timesteps
+        for terms in record.terms:
+            bucket = (terms.t.cpu() * 4 // num_t).clamp(max=3)
+            self.bucket_sums.index_add_(0, bucket, terms.per_sample.detach().float().cpu())
+            self.bucket_counts.index_add_(0, bucket, torch.ones(len(bucket)))
+            for name, value in terms.aux_sums.items():
+                self.aux_sums[name] = self.aux_sums.get(name, 0) + value
+            self.kept += terms.kept
+
+    def record(self, step: int, record: StepRecord, now_s: float, distributed: bool = False) -> dict[str, float]:
+        """The log line for the window ending at `step` (then reset it)."""
+        sums, counts = self.bucket_sums, self.bucket_counts
+        if distributed:  # per-timestep losses of every rank's samples, not only rank 0's
+            both = torch.stack([sums, counts]).to(self.device)
+            dist.all_reduce(both)
+            sums, counts = both.cpu().unbind(0)
+        out = dict(step=step, loss=float(self.loss) / max(1, self.steps), lr=record.lr,
+                   grad_norm=float(record.grad_norm),
+                   samples_per_s=self.steps * self.cfg.batch_size / max(now_s - self.start_s, 1e-9),
+                   **{f"loss_q{q + 1}": float(sums[q] / counts[q].clamp(min=1)) for q in range(4)})
+        kept = max(float(self.kept), 1.0)  # this rank's clips that kept their text
+        if "pose_mse" in self.aux_sums:  # RMS error of one keypoint coordinate, in pixels
+            out["pose_rmse_px"] = (float(self.aux_sums["pose_mse"]) / kept) ** 0.5 * self.cfg.frame_size_px
+        for name, value in self.aux_sums.items():
+            if name != "pose_mse":
+                out[f"{name}_loss"] = float(value) / kept
+        self.reset(now_s)
+        return out
