@@ -4,7 +4,7 @@ No pretrained sign recogniser can be downloaded here, so, as the SLRTP-2025 orga
 back-translation model, each dataset gets one trained on its own ground-truth training keypoints;
 its WER on the ground-truth test keypoints is the ceiling that predicted poses are scored against.
 
-Model (`PoseCTCRecognizer`, a pure nn.Module): each frame's reduced skeleton (data/skeleton.py),
+Model (`models.architectures.recognizer.PoseCTCRecognizer`): each frame's reduced skeleton (data/skeleton.py),
 normalised to shoulder width 1 (`evaluation.pose_metrics.normalize_skeleton`, pose-format's
 `normalize`), as (x, y) * visible and visible per point -> a linear embedding -> residual temporal
 convolutions -> per-frame gloss logits with a CTC blank; greedy decoding (argmax per frame, repeats
@@ -42,6 +42,7 @@ from data import skeleton
 from data.real.common import DatasetError
 from evaluation.metrics import gloss_accuracy, gloss_wer
 from evaluation.pose_metrics import normalize_skeleton
+from models.architectures.recognizer import PoseCTCRecognizer
 
 FORMAT_VERSION = 1
 BLANK = 0  # CTC blank index; gloss g of the vocabulary is class g + 1
@@ -68,45 +69,6 @@ class RecognizerSpec:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (positive and value == 0):
                 raise ValueError(f"error: recogniser setting '{f.name}' must be a number "
                                  f"{'> 0' if positive else '>= 0'}, got {value!r}")
-
-
-class _ConvBlock(nn.Module):
-    def __init__(self, width: int, kernel_frames: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.conv = nn.Conv1d(width, width, kernel_frames, padding=kernel_frames // 2)
-        self.mix = nn.Conv1d(width, width, 1)
-
-    def forward(self, h: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """h (B, T, C), frame_mask (B, T, 1): padded frames are zeroed before the convolution."""
-        x = (self.norm(h) * frame_mask).transpose(1, 2)
-        return h + self.mix(F.gelu(self.conv(x))).transpose(1, 2)
-
-
-class PoseCTCRecognizer(nn.Module):
-    """Normalised skeleton clips (B, T, J, 2) + visibility (B, T, J) -> CTC logits (B, T, V + 1)."""
-
-    def __init__(self, num_points: int, vocab_size: int, width: int, depth: int, kernel_frames: int):
-        super().__init__()
-        if kernel_frames % 2 == 0:
-            raise ValueError(f"error: kernel_frames must be odd (centred), got {kernel_frames}")
-        self.num_points = num_points
-        self.embed = nn.Linear(3 * num_points, width)
-        self.blocks = nn.ModuleList(_ConvBlock(width, kernel_frames) for _ in range(depth))
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, vocab_size + 1)
-
-    def forward(self, xy: torch.Tensor, visible: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        b, t, j, _ = xy.shape
-        if j != self.num_points or visible.shape != (b, t, j) or lengths.shape != (b,):
-            raise ValueError(f"expected xy (B, T, {self.num_points}, 2), visible (B, T, J), lengths (B,); got "
-                             f"{tuple(xy.shape)}, {tuple(visible.shape)}, {tuple(lengths.shape)}")
-        vis = visible.float()
-        frame_mask = (torch.arange(t, device=xy.device)[None] < lengths[:, None]).float()[..., None]
-        h = self.embed(torch.cat([xy * vis[..., None], vis[..., None]], -1).reshape(b, t, 3 * j))
-        for block in self.blocks:
-            h = block(h * frame_mask, frame_mask)
-        return self.head(self.norm(h))
 
 
 def _as_clips(pose_xy, pose_visible, lengths=None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -172,6 +134,16 @@ def collect_clips(dataset, max_clips: int = 0) -> dict:
     return dict(xy=xy, visible=visible, lengths=lengths, glosses=glosses, skipped=skipped)
 
 
+def ctc_collapse(frame_classes: list[int]) -> list[int]:
+    """Greedy CTC read-out of per-frame argmax classes: merge repeats, then drop blanks."""
+    out, prev = [], BLANK
+    for c in frame_classes:
+        if c != prev and c != BLANK:
+            out.append(c)
+        prev = c
+    return out
+
+
 class Recognizer:
     """A trained PoseCTCRecognizer with its gloss vocabulary; `decode` reads keypoint clips."""
 
@@ -195,12 +167,7 @@ class Recognizer:
             xy, vis, lens = _pad([c for _, c in chunk])
             best = self.model(xy, vis, lens).argmax(-1)  # (B, T)
             for (k, _), frames, n in zip(chunk, best.tolist(), lens.tolist()):
-                labels, prev = [], BLANK
-                for c in frames[:n]:
-                    if c != prev and c != BLANK:
-                        labels.append(self.vocab[c - 1])
-                    prev = c
-                out[k] = labels
+                out[k] = [self.vocab[c - 1] for c in ctc_collapse(frames[:n])]
         return out
 
     def save(self, path: str) -> None:
@@ -389,10 +356,13 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     start = time.time()
-    recognizer, path, trained = load_or_train(cfg, spec, retrain=retrain, log_every_steps=250)
-    print(f"recogniser {'trained and saved to' if trained else 'loaded from'} {path} "
-          f"({len(recognizer.vocab)} glosses, {recognizer.info})")
-    scores = dataset_scores(recognizer, build_dataset(cfg, "test"))
+    try:
+        recognizer, path, trained = load_or_train(cfg, spec, retrain=retrain, log_every_steps=250)
+        print(f"recogniser {'trained and saved to' if trained else 'loaded from'} {path} "
+              f"({len(recognizer.vocab)} glosses, {recognizer.info})")
+        scores = dataset_scores(recognizer, build_dataset(cfg, "test"))
+    except DatasetError as exc:  # bad or unsuitable data: one line naming it, no traceback
+        sys.exit(str(exc) if str(exc).startswith("error") else f"error: {exc}")
     print(f"ground-truth test keypoints ({scores['num_clips']} clips, {scores['num_unreadable']} unreadable): "
           f"gloss WER {scores['gloss_wer']:.4f}  gloss accuracy {scores['gloss_accuracy']:.4f}  "
           f"({time.time() - start:.0f} s in all)")

@@ -9,8 +9,9 @@ from config import make_config
 from data import skeleton
 from data.real.common import DatasetError
 from data.synthetic import SyntheticSignDataset
-from evaluation.recognizer import (PoseCTCRecognizer, Recognizer, RecognizerSpec, collect_clips, dataset_scores,
-                                   load_or_train, main, recognizer_path, recognizer_scores, train_recognizer)
+from evaluation.recognizer import (BLANK, PoseCTCRecognizer, Recognizer, RecognizerSpec, collect_clips,
+                                   ctc_collapse, dataset_scores, load_or_train, main, recognizer_path,
+                                   recognizer_scores, train_recognizer)
 
 # Small enough to train in a few seconds on one CPU thread, large enough to fit 32 clips exactly.
 TINY = RecognizerSpec(width=32, depth=3, kernel_frames=5, steps=250, batch_size=32, lr=1e-2, warmup_steps=10)
@@ -93,10 +94,21 @@ def test_dataset_without_glosses_is_rejected_by_name():
         collect_clips(NoGlosses())
 
 
-def test_model_checks_its_input_shapes():
+def test_greedy_ctc_merges_repeats_then_drops_blanks():
+    assert BLANK == 0
+    assert ctc_collapse([0, 3, 3, 0, 0, 2, 2, 2, 0, 3, 0, 3, 3]) == [3, 2, 3, 3]
+    assert ctc_collapse([0, 0]) == [] and ctc_collapse([1, 2, 2, 1]) == [1, 2, 1]
+
+
+def test_model_sees_visibility_and_checks_its_input_shapes():
     model = PoseCTCRecognizer(skeleton.NUM_POINTS, 3, 8, 1, 3)
-    xy = torch.zeros(2, 5, skeleton.NUM_POINTS, 2)
-    assert model(xy, torch.ones(2, 5, skeleton.NUM_POINTS, dtype=torch.bool), torch.tensor([5, 3])).shape == (2, 5, 4)
+    xy = torch.rand(2, 5, skeleton.NUM_POINTS, 2)
+    vis = torch.ones(2, 5, skeleton.NUM_POINTS, dtype=torch.bool)
+    logits = model(xy, vis, torch.tensor([5, 3]))
+    assert logits.shape == (2, 5, 4)
+    hidden = vis.clone()
+    hidden[:, :, skeleton.HANDS[0]] = False  # a lost hand is not the same input as a hand at its xy
+    assert not torch.allclose(model(xy, hidden, torch.tensor([5, 3])), logits)
     with pytest.raises(ValueError, match="expected xy"):
         model(xy[:, :, :4], torch.ones(2, 5, 4, dtype=torch.bool), torch.tensor([5, 3]))
 
