@@ -1,0 +1,373 @@
+"""A pose -> gloss back-translator the project trains itself, on a dataset's ground-truth keypoints.
+
+No pretrained sign recogniser can be downloaded here, so, as the SLRTP-2025 organisers did for their
+back-translation model, each dataset gets one trained on its own ground-truth training keypoints;
+its WER on the ground-truth test keypoints is the ceiling that predicted poses are scored against.
+
+Model (`models.architectures.recognizer.PoseCTCRecognizer`): each frame's reduced skeleton (data/skeleton.py),
+normalised to shoulder width 1 (`evaluation.pose_metrics.normalize_skeleton`, pose-format's
+`normalize`), as (x, y) * visible and visible per point -> a linear embedding -> residual temporal
+convolutions -> per-frame gloss logits with a CTC blank; greedy decoding (argmax per frame, repeats
+merged, blanks dropped). Local temporal convolutions, not attention over the whole clip: a gloss is
+read from the frames around it, which is what lets the recogniser read gloss combinations it never
+saw in training (the synthetic test split holds only those).
+
+Training is deterministic under `RecognizerSpec.seed` (own RNG, batches drawn from a seeded
+generator). The file (`Recognizer.save`) holds plain tensors and types only (weights, vocabulary,
+spec) and loads with `torch.load(weights_only=True)`.
+
+    python -m evaluation.recognizer --config FILE.yaml [--data_root DIR] [--key value ...]
+        [--rec_steps N] [--rec_max_clips N] [--retrain]
+
+trains (or reuses) the recogniser of cfg's dataset and prints its gloss WER / accuracy on the
+ground-truth test keypoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data import skeleton
+from data.real.common import DatasetError
+from evaluation.metrics import gloss_accuracy, gloss_wer
+from evaluation.pose_metrics import normalize_skeleton
+from models.architectures.recognizer import PoseCTCRecognizer
+
+FORMAT_VERSION = 1
+BLANK = 0  # CTC blank index; gloss g of the vocabulary is class g + 1
+
+
+@dataclass(frozen=True)
+class RecognizerSpec:
+    """Everything that shapes a trained recogniser besides its data (part of the file's key)."""
+    width: int = 128  # channels of the temporal convolutions
+    depth: int = 4  # residual conv blocks; the receptive field is 1 + depth * (kernel_frames - 1) frames
+    kernel_frames: int = 5  # temporal kernel of each block
+    steps: int = 800  # optimizer steps
+    batch_size: int = 64  # clips per step
+    lr: float = 2e-3  # peak AdamW learning rate (linear warm-up, cosine to lr / 10)
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    max_train_clips: int = 0  # train on the first this many clips of the split; 0 = all
+    seed: int = 0
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            positive = f.name not in ("max_train_clips", "seed", "warmup_steps", "weight_decay")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (positive and value == 0):
+                raise ValueError(f"error: recogniser setting '{f.name}' must be a number "
+                                 f"{'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+def _as_clips(pose_xy, pose_visible, lengths=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(B, T, J, 2) + (B, T, J) [+ lengths (B,)] or lists of (T, J, 2) / (T, J) -> list of clips."""
+    if hasattr(pose_xy, "detach"):
+        pose_xy, pose_visible = pose_xy.detach().cpu().numpy(), pose_visible.detach().cpu().numpy()
+    if len(pose_xy) != len(pose_visible) or (lengths is not None and len(lengths) != len(pose_xy)):
+        raise ValueError(f"error: {len(pose_xy)} keypoint clips, {len(pose_visible)} visibility clips"
+                         + ("" if lengths is None else f" and {len(lengths)} lengths"))
+    clips = []
+    for i, (xy, vis) in enumerate(zip(pose_xy, pose_visible)):
+        xy = np.asarray(xy.cpu() if hasattr(xy, "cpu") else xy, np.float32)
+        vis = np.asarray(vis.cpu() if hasattr(vis, "cpu") else vis).astype(bool)
+        if lengths is not None:
+            n = int(lengths[i])
+            xy, vis = xy[:n], vis[:n]
+        clips.append((xy, vis))
+    return clips
+
+
+def _pad(clips: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised clips -> xy (N, Tmax, J, 2), visible (N, Tmax, J), lengths (N,)."""
+    t_max = max(len(xy) for xy, _ in clips)
+    xy_out = torch.zeros(len(clips), t_max, skeleton.NUM_POINTS, 2)
+    vis_out = torch.zeros(len(clips), t_max, skeleton.NUM_POINTS, dtype=torch.bool)
+    for i, (xy, vis) in enumerate(clips):
+        xy_out[i, :len(xy)], vis_out[i, :len(xy)] = torch.from_numpy(xy), torch.from_numpy(vis)
+    return xy_out, vis_out, torch.tensor([len(xy) for xy, _ in clips])
+
+
+def collect_clips(dataset, max_clips: int = 0) -> dict:
+    """Read a Dataset whose items carry pose_xy (T, J, 2) float32 frame units, pose_visible (T, J)
+    bool and glosses list[str] into normalised, padded tensors: {xy, visible, lengths, glosses,
+    skipped: [(index, reason)]}. Clips that cannot be normalised (no frame with both shoulders) or
+    that are shorter than their gloss list (CTC cannot emit it) are skipped and listed."""
+    count = len(dataset) if max_clips <= 0 else min(max_clips, len(dataset))
+    clips, glosses, skipped = [], [], []
+    for index in range(count):
+        item = dataset[index]
+        missing = [k for k in ("pose_xy", "pose_visible", "glosses") if k not in item]
+        if missing:
+            raise DatasetError(f"error: item {index} of {type(dataset).__name__} has no {missing}: the recogniser "
+                               "needs keypoints (pose_xy, pose_visible) and gloss labels (glosses)")
+        labels = list(item["glosses"])
+        if not labels or not all(isinstance(g, str) and g for g in labels):
+            raise DatasetError(f"error: item {index} of {type(dataset).__name__}: glosses must be a non-empty "
+                               f"list of strings, got {item['glosses']!r}")
+        vis = np.asarray(item["pose_visible"]).astype(bool)
+        try:
+            xy = normalize_skeleton(item["pose_xy"], vis)
+        except ValueError as exc:
+            skipped.append((index, str(exc)))
+            continue
+        if len(xy) < len(labels):
+            skipped.append((index, f"{len(xy)} frames for {len(labels)} glosses"))
+            continue
+        clips.append((xy, vis))
+        glosses.append(labels)
+    if not clips:
+        raise DatasetError(f"error: none of the {count} clips of {type(dataset).__name__} is usable "
+                           f"(first reason: {skipped[0][1] if skipped else 'empty dataset'})")
+    xy, visible, lengths = _pad(clips)
+    return dict(xy=xy, visible=visible, lengths=lengths, glosses=glosses, skipped=skipped)
+
+
+def ctc_collapse(frame_classes: list[int]) -> list[int]:
+    """Greedy CTC read-out of per-frame argmax classes: merge repeats, then drop blanks."""
+    out, prev = [], BLANK
+    for c in frame_classes:
+        if c != prev and c != BLANK:
+            out.append(c)
+        prev = c
+    return out
+
+
+class Recognizer:
+    """A trained PoseCTCRecognizer with its gloss vocabulary; `decode` reads keypoint clips."""
+
+    def __init__(self, model: PoseCTCRecognizer, vocab: list[str], spec: RecognizerSpec, info: dict | None = None):
+        self.model, self.vocab, self.spec, self.info = model.eval(), list(vocab), spec, dict(info or {})
+
+    @torch.no_grad()
+    def decode(self, pose_xy, pose_visible, lengths=None, batch_size: int = 256) -> list[list[str] | None]:
+        """Gloss lists of clips in frame units ((B, T, J, 2) + (B, T, J) [+ lengths] or lists of
+        clips); None for a clip that cannot be normalised (no frame with both shoulders)."""
+        out: list[list[str] | None] = []
+        readable = []
+        for k, (xy, vis) in enumerate(_as_clips(pose_xy, pose_visible, lengths)):
+            try:
+                readable.append((k, (normalize_skeleton(xy, vis), vis)))
+            except ValueError:
+                pass
+            out.append(None)
+        for start in range(0, len(readable), batch_size):
+            chunk = readable[start:start + batch_size]
+            xy, vis, lens = _pad([c for _, c in chunk])
+            best = self.model(xy, vis, lens).argmax(-1)  # (B, T)
+            for (k, _), frames, n in zip(chunk, best.tolist(), lens.tolist()):
+                out[k] = [self.vocab[c - 1] for c in ctc_collapse(frames[:n])]
+        return out
+
+    def save(self, path: str) -> None:
+        """Atomic save of plain tensors and types (loads with weights_only=True)."""
+        payload = dict(format_version=FORMAT_VERSION, spec=dataclasses.asdict(self.spec), vocab=self.vocab,
+                       num_points=self.model.num_points, info=self.info,
+                       state_dict={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Recognizer":
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"error: recogniser file {path} does not exist") from None
+        except Exception as exc:
+            raise ValueError(f"error: {path} is not a loadable recogniser ({type(exc).__name__}: {exc})") from None
+        missing = [k for k in ("format_version", "spec", "vocab", "num_points", "state_dict") if k not in payload]
+        if missing or payload["format_version"] != FORMAT_VERSION:
+            raise ValueError(f"error: {path}: missing keys {missing} or format version "
+                             f"{payload.get('format_version')!r} != {FORMAT_VERSION}")
+        spec = RecognizerSpec(**payload["spec"])
+        model = PoseCTCRecognizer(payload["num_points"], len(payload["vocab"]), spec.width, spec.depth,
+                                  spec.kernel_frames)
+        model.load_state_dict(payload["state_dict"])
+        return cls(model, payload["vocab"], spec, payload.get("info"))
+
+
+def train_recognizer(train, spec: RecognizerSpec = RecognizerSpec(), log_every_steps: int = 0) -> Recognizer:
+    """Train on a Dataset (items with pose_xy, pose_visible, glosses) or on `collect_clips`' output."""
+    data = train if isinstance(train, dict) else collect_clips(train, spec.max_train_clips)
+    vocab = sorted({g for labels in data["glosses"] for g in labels})
+    index = {g: i + 1 for i, g in enumerate(vocab)}
+    targets = [torch.tensor([index[g] for g in labels]) for labels in data["glosses"]]
+    num = len(targets)
+    gen = torch.Generator().manual_seed(spec.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = PoseCTCRecognizer(skeleton.NUM_POINTS, len(vocab), spec.width, spec.depth, spec.kernel_frames)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    rest = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([dict(params=decay, weight_decay=spec.weight_decay), dict(params=rest, weight_decay=0.0)],
+                            lr=spec.lr)
+    model.train()
+    start, loss = time.time(), torch.tensor(float("nan"))
+    for step in range(spec.steps):
+        warm = (step + 1) / max(spec.warmup_steps, 1) if step < spec.warmup_steps else 1.0
+        progress = step / max(spec.steps - 1, 1)
+        lr = spec.lr * min(warm, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = torch.randint(num, (min(spec.batch_size, num),), generator=gen)
+        lens = data["lengths"][batch]
+        t = int(lens.max())
+        logits = model(data["xy"][batch, :t], data["visible"][batch, :t], lens)
+        log_probs = logits.log_softmax(-1).transpose(0, 1)  # (T, B, C), as F.ctc_loss wants
+        tgt = [targets[i] for i in batch.tolist()]
+        loss = F.ctc_loss(log_probs, torch.cat(tgt), lens, torch.tensor([len(x) for x in tgt]), blank=BLANK)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"error: recogniser loss {loss.item()} at step {step} (clips {batch.tolist()})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if log_every_steps and (step % log_every_steps == 0 or step == spec.steps - 1):
+            print(f"recogniser step {step}/{spec.steps} ctc {loss.item():.4f} lr {lr:.2e} "
+                  f"({time.time() - start:.0f} s)", flush=True)
+    info = dict(num_train_clips=num, num_skipped=len(data["skipped"]), final_ctc_loss=loss.item(),
+                train_seconds=round(time.time() - start, 1))
+    return Recognizer(model, vocab, spec, info)
+
+
+def recognizer_scores(recognizer: Recognizer, pose_xy, pose_visible, glosses: list[list[str]],
+                      lengths=None) -> dict:
+    """Back-translate keypoint clips ((B, T, J, 2) frame units + (B, T, J) visibility [+ lengths],
+    or lists of clips) and score them against reference gloss lists: {gloss_wer, gloss_accuracy}
+    (per-clip `evaluation.metrics` scores, averaged over clips, as evaluation/runner.py averages
+    the exact back-translator's), predictions, num_clips and num_unreadable (clips that cannot be
+    normalised; they read as no glosses, so they score WER 1)."""
+    predictions = recognizer.decode(pose_xy, pose_visible, lengths)
+    if len(predictions) != len(glosses):
+        raise ValueError(f"error: {len(predictions)} clips but {len(glosses)} gloss lists")
+    read = [p if p is not None else [] for p in predictions]
+    n = max(len(read), 1)
+    return dict(gloss_wer=sum(gloss_wer(p, list(r)) for p, r in zip(read, glosses)) / n,
+                gloss_accuracy=sum(gloss_accuracy(p, list(r)) for p, r in zip(read, glosses)) / n,
+                predictions=read, num_clips=len(read), num_unreadable=sum(p is None for p in predictions))
+
+
+def dataset_scores(recognizer: Recognizer, dataset, max_clips: int = 0) -> dict:
+    """`recognizer_scores` of a Dataset's own (ground-truth) keypoints: the recogniser's ceiling."""
+    count = len(dataset) if max_clips <= 0 else min(max_clips, len(dataset))
+    items = [dataset[i] for i in range(count)]
+    return recognizer_scores(recognizer, [it["pose_xy"] for it in items], [it["pose_visible"] for it in items],
+                             [list(it["glosses"]) for it in items])
+
+
+# --- the recogniser of a configured dataset, beside its cache ----------------------------------
+
+_FINGERPRINT_ITEMS = 64  # items hashed to tell one dataset from another without reading all of it
+
+
+def cache_folder(cfg) -> str:
+    """Where cfg's dataset keeps derived files: real data its preprocessing cache
+    (cfg.cache_dir or <data_root>/.text2sign_cache), synthetic data <output_dir>/.text2sign_cache."""
+    if cfg.dataset == "synthetic":
+        return os.path.join(cfg.output_dir, ".text2sign_cache")
+    from data.real.cache import default_cache_dir
+
+    return cfg.cache_dir or default_cache_dir(cfg.data_root)
+
+
+def recognizer_path(cfg, train_dataset, spec: RecognizerSpec) -> str:
+    """recognizer_{dataset}_{key}.pt in `cache_folder(cfg)`. The key hashes what shapes the
+    recogniser: the spec, the format version, the split's size and the content (keypoints,
+    visibility, glosses) of up to 64 evenly spaced items, which changes with the signer, the seed,
+    the frame count or the clip list, so a changed dataset trains a new recogniser."""
+    n = len(train_dataset)
+    h = hashlib.sha256(json.dumps(dict(version=FORMAT_VERSION, spec=dataclasses.asdict(spec), dataset=cfg.dataset,
+                                       cls=type(train_dataset).__name__, num_clips=n), sort_keys=True).encode())
+    for index in sorted({int(i) for i in np.linspace(0, n - 1, min(n, _FINGERPRINT_ITEMS)).round()}):
+        item = train_dataset[index]
+        for key in ("pose_xy", "pose_visible"):
+            if key not in item:
+                raise DatasetError(f"error: item {index} of the {cfg.dataset} train split has no '{key}': the "
+                                   "recogniser needs keypoints (pose_xy, pose_visible) and glosses")
+            h.update(np.ascontiguousarray(np.asarray(item[key])).tobytes())
+        h.update("|".join(item.get("glosses", [])).encode())
+    return os.path.join(cache_folder(cfg), f"recognizer_{cfg.dataset}_{h.hexdigest()[:16]}.pt")
+
+
+def load_or_train(cfg, spec: RecognizerSpec | None = None, retrain: bool = False,
+                  log_every_steps: int = 0) -> tuple[Recognizer, str, bool]:
+    """(recogniser of cfg's dataset, its path, whether it was trained now): loads the file keyed
+    by `recognizer_path` if present (unless `retrain`), else trains on the train split and saves."""
+    from data import build_dataset
+
+    spec = spec or RecognizerSpec(seed=cfg.seed)
+    train = build_dataset(cfg, "train")
+    path = recognizer_path(cfg, train, spec)
+    if os.path.exists(path) and not retrain:
+        return Recognizer.load(path), path, False
+    recognizer = train_recognizer(train, spec, log_every_steps=log_every_steps)
+    recognizer.save(path)
+    return recognizer, path, True
+
+
+def _pop_flags(argv: list[str]) -> tuple[list[str], dict, bool]:
+    """Split the recogniser's own flags (--rec_steps, --rec_max_clips, --retrain) from the config's."""
+    rest, spec, retrain, i = [], {}, False, 0
+    names = {"--rec_steps": "steps", "--rec_max_clips": "max_train_clips"}
+    while i < len(argv):
+        arg, _, inline = argv[i].partition("=")
+        if arg == "--retrain":
+            retrain, i = True, i + 1
+        elif arg in names:
+            value = inline or (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if inline else 2
+            try:
+                spec[names[arg]] = int(value)
+            except ValueError:
+                raise ValueError(f"error: {arg} expects an integer, got {value!r}") from None
+        else:
+            rest.append(argv[i])
+            i += 1
+    return rest, spec, retrain
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from config import ConfigError, parse_cli
+    from data import build_dataset
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        rest, spec_overrides, retrain = _pop_flags(argv)
+        cfg, _ = parse_cli(rest)
+        spec = RecognizerSpec(**{"seed": cfg.seed, **spec_overrides})
+    except (ConfigError, ValueError) as exc:
+        sys.exit(str(exc) if str(exc).startswith("error") else f"error: {exc}")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    start = time.time()
+    try:
+        recognizer, path, trained = load_or_train(cfg, spec, retrain=retrain, log_every_steps=250)
+        print(f"recogniser {'trained and saved to' if trained else 'loaded from'} {path} "
+              f"({len(recognizer.vocab)} glosses, {recognizer.info})")
+        scores = dataset_scores(recognizer, build_dataset(cfg, "test"))
+    except DatasetError as exc:  # bad or unsuitable data: one line naming it, no traceback
+        sys.exit(str(exc) if str(exc).startswith("error") else f"error: {exc}")
+    print(f"ground-truth test keypoints ({scores['num_clips']} clips, {scores['num_unreadable']} unreadable): "
+          f"gloss WER {scores['gloss_wer']:.4f}  gloss accuracy {scores['gloss_accuracy']:.4f}  "
+          f"({time.time() - start:.0f} s in all)")
+    return dict(path=path, trained=trained, **{k: scores[k] for k in ("gloss_wer", "gloss_accuracy", "num_clips")})
+
+
+if __name__ == "__main__":
+    main()
