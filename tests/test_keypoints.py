@@ -4,6 +4,7 @@ Fixtures: OpenPose JSON folders and `.pose` files written with pose-format (test
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import torch
@@ -165,6 +166,8 @@ def test_pose_with_38_frames_for_a_40_frame_video_leaves_the_last_two_invisible(
     seen = a["pose_visible"][:, J["right_hand"]].numpy()
     assert seen[:38].all() and not a["pose_visible"][38:].any()
     assert data[data.index.clip_ids.index("d")]["pose_visible"][:, J["right_hand"]].all()
+    copy = pickle.loads(pickle.dumps(data))  # what a DataLoader worker gets: it reopens the memory maps
+    assert copy._pose is None and torch.equal(copy[0]["pose_xy"], data[0]["pose_xy"])
 
 
 def test_clip_folder_names_the_clip_without_pose_and_the_one_with_too_few_frames(pose_folder, tmp_path):
