@@ -263,3 +263,22 @@ def test_pose_cond_without_any_keypoint_source_names_the_paths_searched(tmp_path
     # Without pose_cond the same datasets load, without pose keys.
     item = build_real_dataset(cfg_for("how2sign", tmp_path / "h2s", tmp_path), "train", progress=False)[0]
     assert "pose_xy" not in item and "glosses" not in item
+
+
+def test_wlasl_keypoints_follow_the_frame_range_and_the_bbox_crop(tmp_path):
+    written = fx.write_wlasl(str(tmp_path / "wl"))
+    pose_dir = tmp_path / "poses"
+    for inst in written:  # 16-frame 64x48 clips; the right hand moves 1 px a frame
+        xy, conf = _signer_pose(16, 64, 48, 44, 20, (40, 24))
+        xy[:, fx.holistic_offsets()["RIGHT_HAND_LANDMARKS"] + 9, 0] = 30 + np.arange(16)
+        fx.write_pose(str(pose_dir / f"{inst['video_id']}.pose"), xy, conf, 64, 48)
+    data = build_real_dataset(cfg_for("wlasl", tmp_path / "wl", tmp_path, pose_dir=str(pose_dir), num_frames=16),
+                              "train", progress=False)
+    k = data.index.clip_ids.index("00002")  # frames 2..11 of 16; bbox [32, 8, 64, 40] -> crop (8, 32, 32)
+    assert data.index.crop_boxes[k] == (8, 32, 32) and int(data.index.lengths[k]) == 10
+    item = data[k]
+    assert item["glosses"] == ["book"] and item["caption"] == "book"
+    source_frames = np.arange(2, 12)[np.minimum(np.arange(16) * 10 // 16, 9)]  # 10 frames stretched to 16
+    np.testing.assert_allclose(item["pose_xy"][:, J["right_hand"], 0].numpy(), (30 + source_frames - 32) / 32,
+                               atol=1e-6)
+    np.testing.assert_allclose(item["pose_xy"][:, J["right_hand"], 1].numpy(), (24 - 8) / 32, atol=1e-6)
