@@ -19,8 +19,8 @@ from data.real.dataset import CachedClipDataset
 
 READERS = {"how2sign": how2sign, "phoenix": phoenix, "wlasl": wlasl, "folder": folder}
 
-__all__ = ["build_real_dataset", "list_records", "attach_keypoints", "pose_files", "CachedClipDataset", "ClipRecord", "DatasetError",
-           "DatasetNotFoundError", "READERS"]
+__all__ = ["build_real_dataset", "list_records", "attach_keypoints", "pose_files", "CachedClipDataset",
+           "ClipRecord", "DatasetError", "DatasetNotFoundError", "READERS"]
 
 
 def list_records(cfg, split: str) -> tuple[list[ClipRecord], list[str]]:

@@ -152,7 +152,8 @@ def check_bad_clips(index: CacheIndex, dataset: str, split: str, max_bad_clip_fr
     if fraction > max_bad_clip_fraction or not index.clip_ids:
         raise DatasetError(
             f"{dataset} {split}: {len(index.bad_clips)} of {index.num_records} clips ({100 * fraction:.1f}%) "
-            f"are missing, undecodable or without usable keypoints, above max_bad_clip_fraction={max_bad_clip_fraction}:\n{listing}")
+            f"are missing, undecodable or without usable keypoints, above "
+            f"max_bad_clip_fraction={max_bad_clip_fraction}:\n{listing}")
 
 
 def preprocess_clip(record: ClipRecord, frame_size_px: int, sample_fps: float):
