@@ -54,6 +54,7 @@ class Config:
     signer_disjoint: bool = False  # real data with signer ids: make splits signer-disjoint
     cache_dir: str = ""  # real data: preprocessed-clip cache; "" = <data_root>/.text2sign_cache
     max_bad_clip_fraction: float = 0.05  # stop when more than this share of clips fail to decode
+    pose_dir: str = ""  # real data: folder searched (recursively) for {clip_id}.pose keypoints; "" = the dataset's own
 
     # --- model (ViViT denoiser) --------------------------------------------------------------
     model_size: str = "S"  # entry in models.architectures.vivit.MODEL_SIZES (width/depth/heads)

@@ -156,3 +156,79 @@ def write_folder(root: str, with_splits: bool = True) -> None:
                 write_png_folder(path, frames)
             with open(path + ".txt", "w") as fh:
                 fh.write(caption + "\n")
+
+
+# --- keypoints ----------------------------------------------------------------------------------------
+
+def openpose_person(body: dict | None = None, right: dict | None = None, left: dict | None = None) -> dict:
+    """One OpenPose person: {BODY_25 index: (x, y, c)}, {hand index: (x, y, c)} per hand; the other
+    points (and all 70 face points) c = 0, as OpenPose writes points it did not find."""
+    def flat(points: dict | None, count: int) -> list[float]:
+        out = [0.0] * (3 * count)
+        for k, xyc in (points or {}).items():
+            out[3 * k:3 * k + 3] = [float(v) for v in xyc]
+        return out
+
+    return {"person_id": [-1], "pose_keypoints_2d": flat(body, 25), "face_keypoints_2d": flat(None, 70),
+            "hand_left_keypoints_2d": flat(left, 21), "hand_right_keypoints_2d": flat(right, 21),
+            "pose_keypoints_3d": [], "face_keypoints_3d": [], "hand_left_keypoints_3d": [],
+            "hand_right_keypoints_3d": []}
+
+
+def write_openpose_folder(folder: str, name: str, people_per_frame: list[list[dict]]) -> None:
+    """`{name}_{frame:012d}_keypoints.json` per frame, as How2Sign's openpose_output/json/{name}/."""
+    os.makedirs(folder, exist_ok=True)
+    for i, people in enumerate(people_per_frame):
+        with open(os.path.join(folder, f"{name}_{i:012d}_keypoints.json"), "w") as fh:
+            json.dump({"version": 1.3, "people": people}, fh)
+
+
+# MediaPipe's landmark names (mediapipe.solutions.holistic.PoseLandmark / HandLandmark), written out
+# so the fixtures need no mediapipe.
+MP_BODY = ("NOSE LEFT_EYE_INNER LEFT_EYE LEFT_EYE_OUTER RIGHT_EYE_INNER RIGHT_EYE RIGHT_EYE_OUTER LEFT_EAR "
+           "RIGHT_EAR MOUTH_LEFT MOUTH_RIGHT LEFT_SHOULDER RIGHT_SHOULDER LEFT_ELBOW RIGHT_ELBOW LEFT_WRIST "
+           "RIGHT_WRIST LEFT_PINKY RIGHT_PINKY LEFT_INDEX RIGHT_INDEX LEFT_THUMB RIGHT_THUMB LEFT_HIP RIGHT_HIP "
+           "LEFT_KNEE RIGHT_KNEE LEFT_ANKLE RIGHT_ANKLE LEFT_HEEL RIGHT_HEEL LEFT_FOOT_INDEX RIGHT_FOOT_INDEX").split()
+MP_HAND = ("WRIST THUMB_CMC THUMB_MCP THUMB_IP THUMB_TIP INDEX_FINGER_MCP INDEX_FINGER_PIP INDEX_FINGER_DIP "
+           "INDEX_FINGER_TIP MIDDLE_FINGER_MCP MIDDLE_FINGER_PIP MIDDLE_FINGER_DIP MIDDLE_FINGER_TIP "
+           "RING_FINGER_MCP RING_FINGER_PIP RING_FINGER_DIP RING_FINGER_TIP PINKY_MCP PINKY_PIP PINKY_DIP "
+           "PINKY_TIP").split()
+
+
+def holistic_components():
+    """The five components of a MediaPipe Holistic `.pose` (sign-language-datasets' layout), XYZC."""
+    from pose_format.pose_header import PoseHeaderComponent
+
+    def comp(name, points):
+        return PoseHeaderComponent(name=name, points=list(points), limbs=[], colors=[(255, 0, 0)],
+                                   point_format="XYZC")
+
+    return [comp("POSE_LANDMARKS", MP_BODY), comp("FACE_LANDMARKS", [str(i) for i in range(468)]),
+            comp("LEFT_HAND_LANDMARKS", MP_HAND), comp("RIGHT_HAND_LANDMARKS", MP_HAND),
+            comp("POSE_WORLD_LANDMARKS", MP_BODY)]
+
+
+def holistic_offsets() -> dict[str, int]:
+    """First point index of each holistic component."""
+    return {"POSE_LANDMARKS": 0, "FACE_LANDMARKS": 33, "LEFT_HAND_LANDMARKS": 501, "RIGHT_HAND_LANDMARKS": 522,
+            "POSE_WORLD_LANDMARKS": 543}
+
+
+def write_pose(path: str, xy: np.ndarray, conf: np.ndarray, width_px: int, height_px: int,
+               components=None, fps: float = 25.0) -> None:
+    """A `.pose` file (pose-format) of one person: xy (T, N, 2) pixels, conf (T, N); holistic
+    components unless given. Built on pose-format's `fake_pose`, its data replaced."""
+    from pose_format.pose_header import PoseHeaderDimensions
+    from pose_format.utils.generic import fake_pose
+
+    pose = fake_pose(len(xy), fps=fps, components=components or holistic_components())
+    dims = pose.body.data.shape[-1]
+    data = np.zeros(pose.body.data.shape, np.float32)
+    data[:, 0, :, :2] = xy
+    mask = np.repeat((conf == 0)[:, None, :, None], dims, axis=-1)
+    pose.body.data = np.ma.masked_array(data, mask=mask)
+    pose.body.confidence = conf[:, None].astype(np.float32)
+    pose.header.dimensions = PoseHeaderDimensions(width=width_px, height=height_px, depth=0)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as fh:
+        pose.write(fh)

@@ -3,32 +3,41 @@
 On disk, in `cache_dir` (default `<data_root>/.text2sign_cache`), per (dataset, split, settings):
     {dataset}_{split}_{key}.npy         uint8 (total_frames, S, S, 3), all clips back to back;
                                         training opens it with np.load(mmap_mode="r")
-    {dataset}_{split}_{key}.index.json  clip ids, captions, signers, frame offsets/lengths, the bad
-                                        clips with their reasons, and the settings that made it
+    {dataset}_{split}_{key}.pose.npy    float32 (total_frames, J, 3) when the clips have keypoints:
+                                        the reduced skeleton (x, y in frame units, visible 1/0) of
+                                        every cached frame, same order (keypoints.py)
+    {dataset}_{split}_{key}.index.json  clip ids, captions, glosses, signers, frame offsets/lengths,
+                                        crop boxes, the bad clips with their reasons, the settings
 `key` hashes everything that shapes the frames: format version, dataset, split, frame_size_px,
-sample_fps, crop, the clip list (paths, frame ranges, bboxes, signers, captions) and the size and
-mtime of every annotation and clip file. Changing any of them builds a new cache; old ones are left
-in place (delete the folder to reclaim space). Files are written to a temp name and os.replace'd, the
-index last, so an interrupted build leaves no cache that looks complete.
+sample_fps, crop, the keypoint settings, the clip list (paths, keypoint paths, frame ranges, bboxes,
+signers, captions) and the size and mtime of every annotation, clip and keypoint file (an OpenPose
+folder by its own mtime, which changes when files are added, removed or renamed in it). Changing any
+of them builds a new cache; old ones are left in place (delete the folder to reclaim space). Files
+are written to temp names (`….tmp<PID>`) and os.replace'd, the index last, so an interrupted build
+leaves no cache that looks complete; the temp files of a killed build are removed by the next one.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from data import video_io
+from data import skeleton, video_io
+from data.real import keypoints
 from data.real.common import ClipRecord, DatasetError, crop_resize, fps_indices
 
 log = logging.getLogger("text2sign.data")
 
-CACHE_FORMAT_VERSION = 1
-CROP_MODE = "square-centre-or-bbox"  # part of the key: changing the crop rule invalidates caches
+CACHE_FORMAT_VERSION = 2
+CROP_MODE = "square-bbox-or-signer-or-centre"  # part of the key: changing the crop rule invalidates caches
+_TEMP_FILE = re.compile(r"^.+\.(?:npy|json)\.tmp(\d+)$")  # what _build and _write_json_atomic leave
 _NPY_HEADER_BYTES = 128  # fixed, so the final shape can be written after streaming the frames
 
 
@@ -43,6 +52,9 @@ class CacheIndex:
     lengths: np.ndarray  # (N,) int64, frames per clip (>= 1)
     bad_clips: list[tuple[str, str]]  # (clip_id, reason)
     num_records: int  # clips listed in the annotations (good + bad)
+    glosses: list[list[str]] | None = None  # per clip, where the release has gloss labels
+    pose_path: str = ""  # the .pose.npy beside the frames; "" = no keypoints
+    crop_boxes: list[tuple[int, int, int]] | None = None  # (top, left, side) source px per clip
 
 
 def cache_key(dataset: str, split: str, frame_size_px: int, sample_fps: float,
@@ -50,11 +62,13 @@ def cache_key(dataset: str, split: str, frame_size_px: int, sample_fps: float,
     """16 hex digits identifying the frames this build would produce."""
     h = hashlib.sha256()
     h.update(json.dumps(dict(version=CACHE_FORMAT_VERSION, dataset=dataset, split=split,
-                             frame_size_px=frame_size_px, sample_fps=float(sample_fps), crop=CROP_MODE),
-                        sort_keys=True).encode())
+                             frame_size_px=frame_size_px, sample_fps=float(sample_fps), crop=CROP_MODE,
+                             keypoints=keypoints.SETTINGS), sort_keys=True).encode())
     for rec in records:
         h.update(json.dumps(rec.to_dict(), sort_keys=True).encode())
         h.update(_stat_signature(rec.path).encode())
+        if rec.keypoints_path:
+            h.update(_stat_signature(rec.keypoints_path).encode())
     for path in sorted(annotation_files):
         h.update(f"{path}:{_stat_signature(path)}".encode())
     return h.hexdigest()[:16]
@@ -72,6 +86,40 @@ def default_cache_dir(data_root: str) -> str:
     return os.path.join(data_root, ".text2sign_cache")
 
 
+def remove_stale_temp_files(cache_dir: str) -> list[str]:
+    """Delete the `….npy.tmp<PID>` / `….json.tmp<PID>` files of builds whose process is gone (a kill -9
+    or a stop mid-build); a live process's are kept, it may still be writing them. Returns the paths."""
+    removed = []
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMP_FILE.match(name)
+        if match and not _pid_alive(int(match.group(1))):
+            path = os.path.join(cache_dir, name)
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError:  # another build removed it first, or a read-only cache: not our problem here
+                pass
+    if removed:
+        log.info("removed %d temp files of interrupted cache builds in %s", len(removed), cache_dir)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except PermissionError:  # it exists, owned by another user
+        return True
+    except (ProcessLookupError, OverflowError):  # no such process (or no PID could be this large)
+        return False
+    return True
+
+
 def load_or_build(cache_dir: str, dataset: str, split: str, records: list[ClipRecord],
                   annotation_files: list[str], frame_size_px: int, sample_fps: float,
                   max_bad_clip_fraction: float, num_workers: int = 0,
@@ -79,6 +127,7 @@ def load_or_build(cache_dir: str, dataset: str, split: str, records: list[ClipRe
     """Open the cache for these settings, building it first if absent; enforce the bad-clip limit."""
     key = cache_key(dataset, split, frame_size_px, sample_fps, records, annotation_files)
     stem = os.path.join(cache_dir, f"{dataset}_{split}_{key}")
+    remove_stale_temp_files(cache_dir)
     index = _load(stem)
     if index is None:
         os.makedirs(cache_dir, exist_ok=True)
@@ -103,22 +152,33 @@ def check_bad_clips(index: CacheIndex, dataset: str, split: str, max_bad_clip_fr
     if fraction > max_bad_clip_fraction or not index.clip_ids:
         raise DatasetError(
             f"{dataset} {split}: {len(index.bad_clips)} of {index.num_records} clips ({100 * fraction:.1f}%) "
-            f"are missing or undecodable, above max_bad_clip_fraction={max_bad_clip_fraction}:\n{listing}")
+            f"are missing, undecodable or without usable keypoints, above "
+            f"max_bad_clip_fraction={max_bad_clip_fraction}:\n{listing}")
 
 
-def preprocess_clip(record: ClipRecord, frame_size_px: int, sample_fps: float) -> np.ndarray:
-    """Decode one clip -> uint8 (T, S, S, 3): frame range, fps resampling, square crop, resize.
+def preprocess_clip(record: ClipRecord, frame_size_px: int, sample_fps: float):
+    """Decode one clip -> (frames uint8 (T, S, S, 3), pose float32 (T, J, 3) or None, crop box
+    (top, left, side) in source pixels): frame range, fps resampling, square crop, resize; the
+    keypoints (if the record has a keypoints_path) through the same steps (keypoints.py).
 
-    Raises video_io.VideoDecodeError (missing/truncated/undecodable) or DatasetError (bad range).
+    Raises video_io.VideoDecodeError (missing/truncated/undecodable) or DatasetError (bad range,
+    missing or unusable keypoints).
     """
     frames, fps = video_io.read_video(record.path, fps_hint=record.fps_hint or None)
-    end = len(frames) if record.frame_end < 0 else min(record.frame_end, len(frames))
+    num_source, height_px, width_px = frames.shape[:3]
+    end = num_source if record.frame_end < 0 else min(record.frame_end, num_source)
     if record.frame_start >= end:
         raise DatasetError(f"frame range [{record.frame_start}, {record.frame_end}) is empty for a "
-                           f"{len(frames)}-frame clip")
+                           f"{num_source}-frame clip")
+    xy = visible = None
+    if record.keypoints_path:
+        xy, visible = keypoints.prepare(record.keypoints_path, num_source, fps, height_px, width_px,
+                                        record.frame_start, end, sample_fps)
     frames = frames[record.frame_start:end]
     frames = frames[fps_indices(len(frames), fps, sample_fps)]
-    return crop_resize(frames, frame_size_px, record.bbox_px)
+    box = keypoints.crop_box_for(height_px, width_px, record.bbox_px, xy, visible)
+    pose = None if xy is None else keypoints.to_frame_units(xy, visible, box)
+    return crop_resize(frames, frame_size_px, crop_box=box), pose, box
 
 
 def _build(stem: str, key: str, dataset: str, split: str, records: list[ClipRecord], frame_size_px: int,
@@ -126,11 +186,17 @@ def _build(stem: str, key: str, dataset: str, split: str, records: list[ClipReco
     from tqdm import tqdm
 
     tmp_frames = f"{stem}.npy.tmp{os.getpid()}"
+    with_pose = any(rec.keypoints_path for rec in records)
+    tmp_pose = f"{stem}.pose.npy.tmp{os.getpid()}" if with_pose else ""
     clips, bad, total_frames = [], [], 0
 
     def work(rec: ClipRecord):
+        if rec.error:
+            return rec, None, rec.error
         if not rec.caption:
             return rec, None, "empty caption"
+        if with_pose and not rec.keypoints_path:  # every item of a split carries keypoints, or none
+            return rec, None, "no keypoints for this clip"
         try:
             return rec, preprocess_clip(rec, frame_size_px, sample_fps), ""
         except (video_io.VideoDecodeError, DatasetError) as exc:
@@ -141,40 +207,55 @@ def _build(stem: str, key: str, dataset: str, split: str, records: list[ClipReco
     pool = ThreadPoolExecutor(num_workers) if num_workers > 1 else None
     results = pool.map(work, records) if pool else map(work, records)
     try:
-        with open(tmp_frames, "wb") as fh:
-            fh.write(b"\0" * _NPY_HEADER_BYTES)
-            for rec, frames, reason in tqdm(results, total=len(records), unit="clip", disable=not progress,
+        with contextlib.ExitStack() as files:
+            fh = files.enter_context(open(tmp_frames, "wb"))
+            pose_fh = files.enter_context(open(tmp_pose, "wb")) if with_pose else None
+            for out in (fh, pose_fh) if with_pose else (fh,):
+                out.write(b"\0" * _NPY_HEADER_BYTES)
+            for rec, result, reason in tqdm(results, total=len(records), unit="clip", disable=not progress,
                                             desc=f"caching {dataset} {split}"):
-                if frames is None:
+                if result is None:
                     bad.append((rec.clip_id, reason))
                     log.warning("skipping %s clip %s: %s", dataset, rec.clip_id, reason)
                     continue
+                frames, pose, box = result
                 fh.write(np.ascontiguousarray(frames).tobytes())
+                if with_pose:
+                    pose_fh.write(np.ascontiguousarray(pose, np.float32).tobytes())
                 clips.append(dict(id=rec.clip_id, caption=rec.caption, signer=rec.signer,
+                                  glosses=list(rec.glosses), crop_px=list(box),
                                   offset=total_frames, length=len(frames)))
                 total_frames += len(frames)
-            fh.seek(0)
-            fh.write(_npy_header((total_frames, frame_size_px, frame_size_px, 3)))
-            fh.flush()
-            os.fsync(fh.fileno())
+            headers = [(fh, _npy_header((total_frames, frame_size_px, frame_size_px, 3)))]
+            if with_pose:
+                headers.append((pose_fh, _npy_header((total_frames, skeleton.NUM_POINTS, 3), "<f4")))
+            for out, header in headers:
+                out.seek(0)
+                out.write(header)
+                out.flush()
+                os.fsync(out.fileno())
+        if with_pose:
+            os.replace(tmp_pose, stem + ".pose.npy")
         os.replace(tmp_frames, stem + ".npy")
     finally:
         if pool:
             pool.shutdown()
-        if os.path.exists(tmp_frames):
-            os.remove(tmp_frames)
+        for tmp in (tmp_frames, tmp_pose):
+            if tmp and os.path.exists(tmp):
+                os.remove(tmp)
     meta = dict(version=CACHE_FORMAT_VERSION, key=key, dataset=dataset, split=split,
                 frame_size_px=frame_size_px, sample_fps=sample_fps, crop=CROP_MODE,
                 frames_file=os.path.basename(stem) + ".npy", total_frames=total_frames,
+                pose_file=os.path.basename(stem) + ".pose.npy" if with_pose else "",
                 num_records=len(records), clips=clips, bad_clips=[dict(id=c, reason=r) for c, r in bad])
     _write_json_atomic(stem + ".index.json", meta)
     log.info("cached %s %s: %d clips, %d frames, %d skipped -> %s.npy", dataset, split, len(clips),
              total_frames, len(bad), stem)
 
 
-def _npy_header(shape: tuple[int, ...]) -> bytes:
-    """A .npy v1.0 header for uint8 `shape`, space-padded to exactly _NPY_HEADER_BYTES."""
-    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {tuple(shape)}, }}"
+def _npy_header(shape: tuple[int, ...], descr: str = "|u1") -> bytes:
+    """A .npy v1.0 header for `shape` of dtype `descr`, space-padded to exactly _NPY_HEADER_BYTES."""
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple(shape)}, }}"
     body_len = _NPY_HEADER_BYTES - 10
     if len(text) + 1 > body_len:
         raise DatasetError(f"cache shape {shape} does not fit the fixed .npy header")
@@ -200,8 +281,11 @@ def _load(stem: str) -> CacheIndex | None:
     frames_path = os.path.join(os.path.dirname(stem), meta.get("frames_file", ""))
     s = meta.get("frame_size_px", 0)
     expected_bytes = _NPY_HEADER_BYTES + meta.get("total_frames", -1) * s * s * 3
+    pose_path = os.path.join(os.path.dirname(stem), meta["pose_file"]) if meta.get("pose_file") else ""
+    pose_bytes = _NPY_HEADER_BYTES + meta.get("total_frames", -1) * skeleton.NUM_POINTS * 3 * 4
     if meta.get("version") != CACHE_FORMAT_VERSION or not os.path.isfile(frames_path) \
-            or os.path.getsize(frames_path) != expected_bytes:
+            or os.path.getsize(frames_path) != expected_bytes \
+            or (pose_path and (not os.path.isfile(pose_path) or os.path.getsize(pose_path) != pose_bytes)):
         log.warning("cache %s is incomplete or from another version; rebuilding", stem)
         return None
     clips = meta["clips"]
@@ -210,4 +294,5 @@ def _load(stem: str) -> CacheIndex | None:
                       offsets=np.array([c["offset"] for c in clips], dtype=np.int64),
                       lengths=np.array([c["length"] for c in clips], dtype=np.int64),
                       bad_clips=[(b["id"], b["reason"]) for b in meta["bad_clips"]],
-                      num_records=meta["num_records"])
+                      num_records=meta["num_records"], glosses=[list(c["glosses"]) for c in clips],
+                      pose_path=pose_path, crop_boxes=[tuple(c["crop_px"]) for c in clips])

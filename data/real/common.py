@@ -35,6 +35,10 @@ class ClipRecord:
     frame_start/frame_end: 0-based, end exclusive; end -1 = to the last frame.
     bbox_px: (x0, y0, x1, y1) in source pixels to centre the square crop on, or None (centre crop).
     fps_hint: rate to assume when the file carries none (frame folders).
+    glosses: the release's gloss labels of the clip (PHOENIX `orth`, WLASL's gloss); () = none.
+    keypoints_path: a `.pose` file or an OpenPose JSON folder (may not exist: a bad clip when
+        caching); "" = this dataset has no keypoints for the clip (keypoints.py).
+    error: why the clip is unusable before decoding (e.g. an unreadable caption file); "" = none.
     """
     clip_id: str
     path: str
@@ -44,6 +48,9 @@ class ClipRecord:
     frame_end: int = -1
     bbox_px: tuple[float, float, float, float] | None = None
     fps_hint: float = 0.0
+    glosses: tuple[str, ...] = ()
+    keypoints_path: str = ""
+    error: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,11 +87,13 @@ def square_crop_box(height_px: int, width_px: int,
 
 
 def crop_resize(frames: np.ndarray, frame_size_px: int,
-                bbox_px: tuple[float, float, float, float] | None = None) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, S, S, 3) uint8: square crop (see square_crop_box), area resize to S."""
+                bbox_px: tuple[float, float, float, float] | None = None,
+                crop_box: tuple[int, int, int] | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, S, S, 3) uint8: square crop `crop_box` (top, left, side), by default
+    square_crop_box(H, W, bbox_px), then area resize to S."""
     from PIL import Image
 
-    top, left, side = square_crop_box(frames.shape[1], frames.shape[2], bbox_px)
+    top, left, side = crop_box or square_crop_box(frames.shape[1], frames.shape[2], bbox_px)
     out = np.empty((len(frames), frame_size_px, frame_size_px, 3), np.uint8)
     for i, frame in enumerate(frames):
         crop = Image.fromarray(np.ascontiguousarray(frame[top:top + side, left:left + side]))

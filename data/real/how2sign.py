@@ -4,6 +4,8 @@ original files have START/END); one clip per sentence at `…/raw_videos/{SENTEN
 
 The START/END times locate the sentence in the full-length video; the sentence clips are already
 cut, so they are used whole. The files carry no signer ids, so signer-disjoint splits are refused.
+Keypoints: the release's OpenPose output, `…/openpose_output/json/{SENTENCE_NAME}/` folders of
+`{SENTENCE_NAME}_{frame:012d}_keypoints.json` anywhere below data_root (data/real/keypoints.py).
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ COLUMNS = ("VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START_REAL
            "END_REALIGNED", "SENTENCE")
 ORIGINAL_COLUMNS = ("VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START", "END", "SENTENCE")
 HAS_SIGNERS = False
+HAS_GLOSSES = False
+OPENPOSE_DIR = "openpose_output"  # holds json/{SENTENCE_NAME}/; never walked into (millions of files)
+_SKIP_DIRS = (".text2sign_cache", OPENPOSE_DIR)
 
 
 def annotation_file(root: str, split: str) -> str:
@@ -24,7 +29,7 @@ def annotation_file(root: str, split: str) -> str:
     wanted = [f"how2sign_realigned_{SPLIT_NAMES[split]}.csv", f"how2sign_{SPLIT_NAMES[split]}.csv"]
     found: dict[str, str] = {}
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in ("raw_videos", ".text2sign_cache")]
+        dirs[:] = [d for d in dirs if d not in ("raw_videos",) + _SKIP_DIRS]
         for name in wanted:
             if name in files and name not in found:
                 found[name] = os.path.join(folder, name)
@@ -39,11 +44,35 @@ def _clip_paths(root: str) -> dict[str, str]:
     """SENTENCE_NAME -> path of every .mp4 under root (clips sit in one or several raw_videos/)."""
     paths: dict[str, str] = {}
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d != ".text2sign_cache"]
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS]
         for name in files:
             if name.lower().endswith(".mp4"):
                 paths.setdefault(name[:-4], os.path.join(folder, name))
     return paths
+
+
+def keypoint_paths(root: str, records: list[ClipRecord]) -> tuple[dict[str, str], list[str]]:
+    """({SENTENCE_NAME: its OpenPose JSON folder}, the folders searched) for every
+    `openpose_output/json/` below root; only those folders are listed, not the JSON files in them."""
+    found: dict[str, str] = {}
+    json_dirs = []
+    for folder, dirs, _ in os.walk(root):
+        if OPENPOSE_DIR in dirs and os.path.isdir(os.path.join(folder, OPENPOSE_DIR, "json")):
+            json_dirs.append(os.path.join(folder, OPENPOSE_DIR, "json"))
+        dirs[:] = sorted(d for d in dirs if d not in ("raw_videos",) + _SKIP_DIRS)
+    wanted = {r.clip_id for r in records}
+    for json_dir in json_dirs:
+        for name in sorted(os.listdir(json_dir)):
+            if name in wanted:
+                found.setdefault(name, os.path.join(json_dir, name))
+    searched = json_dirs or [os.path.join(root, "**", OPENPOSE_DIR, "json")]
+    return found, [os.path.join(d, "{SENTENCE_NAME}") for d in searched]
+
+
+def expected_keypoint_path(record: ClipRecord, found: dict[str, str]) -> str:
+    """Where a clip's missing OpenPose folder was expected: beside those of the split's other clips."""
+    some = next(iter(found.values()))
+    return os.path.join(os.path.dirname(some), record.clip_id)
 
 
 def read_split(root: str, split: str, cfg) -> tuple[list[ClipRecord], list[str]]:

@@ -3,7 +3,8 @@
 `features/fullFrame-210x260px/{split}/{name}/images0001.png …` (210 wide x 260 tall, 25 fps).
 
 The caption is `translation` (German text) or `orth` (upper-case glosses) by cfg.text_field; the
-signer is `speaker`. data_root may be the PHOENIX-2014-T folder or any folder above it.
+signer is `speaker`; the glosses are `orth` split on spaces. data_root may be the PHOENIX-2014-T
+folder or any folder above it. Keypoints: `pose_dir` (sign-language-datasets' holistic poses).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ COLUMNS = ("name", "video", "start", "end", "speaker", "orth", "translation")
 FRAME_FOLDER = os.path.join("features", "fullFrame-210x260px")
 FPS = 25.0
 HAS_SIGNERS = True
+HAS_GLOSSES = True  # `orth`, split on spaces
 
 
 def release_root(root: str) -> str:
@@ -45,5 +47,6 @@ def read_split(root: str, split: str, cfg) -> tuple[list[ClipRecord], list[str]]
         check_columns(path, list(reader.fieldnames or []), COLUMNS, hint=" ('|'-separated)")
         for row in reader:
             records.append(make_record(row["name"], os.path.join(frames_dir, row["name"]),
-                                       row[field] or "", signer=row["speaker"], fps_hint=FPS))
+                                       row[field] or "", signer=row["speaker"], fps_hint=FPS,
+                                       glosses=tuple((row["orth"] or "").split())))
     return records, [path]

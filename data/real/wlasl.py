@@ -1,6 +1,7 @@
 """WLASL: `WLASL_v0.3.json`, a list of {gloss, instances: [{video_id, frame_start (1-based),
 frame_end (-1 = to the end, else inclusive), bbox [x0, y0, x1, y1], split, signer_id, fps, …}]};
-clips at `videos/{video_id}.mp4`. The caption is the gloss word; the crop is centred on the bbox.
+clips at `videos/{video_id}.mp4`. The caption is the gloss word, also yielded as `glosses`; the crop
+is centred on the bbox. Keypoints: `pose_dir` ({video_id}.pose).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from data.real.common import DatasetError, DatasetNotFoundError, ClipRecord, mak
 SPLIT_NAMES = {"train": "train", "val": "val", "test": "test"}
 INSTANCE_KEYS = ("video_id", "frame_start", "frame_end", "split")
 HAS_SIGNERS = True
+HAS_GLOSSES = True  # the entry's gloss, one per clip
 
 
 def annotation_file(root: str) -> str:
@@ -55,5 +57,5 @@ def read_split(root: str, split: str, cfg) -> tuple[list[ClipRecord], list[str]]
                 frame_start=max(0, start - 1),  # 1-based inclusive -> 0-based
                 frame_end=-1 if end < 0 else end,  # inclusive 1-based end == exclusive 0-based end
                 bbox_px=tuple(float(v) for v in bbox) if bbox and len(bbox) == 4 else None,
-                fps_hint=float(inst.get("fps") or 0.0)))
+                fps_hint=float(inst.get("fps") or 0.0), glosses=(str(entry["gloss"]),)))
     return records, [path]
