@@ -28,11 +28,9 @@ HAND_POINT = {"hand": 9, "thumb_tip": 4, "index_tip": 8, "middle_tip": 12, "ring
 
 def cfg_for(dataset: str, root, tmp_path, pose_cond: bool = False, **kw):
     values = dict(dataset=dataset, data_root=str(root), cache_dir=str(tmp_path / "cache"), num_frames=4,
-                  frame_size_px=16, patch_size_px=4, max_bad_clip_fraction=0.5)
+                  frame_size_px=16, patch_size_px=4, max_bad_clip_fraction=0.5, pose_cond=pose_cond)
     values.update(kw)
-    cfg = make_config("tiny", values)
-    cfg.pose_cond = pose_cond  # the lead's config decides where pose_cond is allowed; the loader checks here
-    return cfg
+    return make_config("tiny", values)
 
 
 def expected_x(body: dict, right_base: float, left_base: float) -> np.ndarray:

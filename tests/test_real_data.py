@@ -22,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def cfg_for(dataset: str, root, tmp_path, **kw):
     values = dict(dataset=dataset, data_root=str(root), cache_dir=str(tmp_path / "cache"), num_frames=8,
-                  frame_size_px=16, patch_size_px=4, max_bad_clip_fraction=0.5)
+                  frame_size_px=16, patch_size_px=4, max_bad_clip_fraction=0.5,
+                  pose_cond=False)  # these fixtures have no keypoints (tests/test_keypoints.py has them)
     values.update(kw)
     return make_config("tiny", values)
 

@@ -16,7 +16,8 @@ from data.video_io import write_gif, write_mp4
 
 def cfg_for(root, tmp_path, **kw):
     values = dict(dataset="folder", data_root=str(root), cache_dir=str(tmp_path / "cache"), num_frames=4,
-                  frame_size_px=16, patch_size_px=4, max_bad_clip_fraction=0.5)
+                  frame_size_px=16, patch_size_px=4, max_bad_clip_fraction=0.5,
+                  pose_cond=False)  # these fixtures have no keypoints (tests/test_keypoints.py has them)
     values.update(kw)
     return make_config("tiny", values)
 

@@ -92,7 +92,7 @@ def attach_keypoints(cfg, split: str, records: list[ClipRecord]) -> list[ClipRec
             where = ", ".join(searched) if searched else f"nothing ({cfg.dataset} ships no keypoints of its own)"
             raise DatasetError(f"pose_cond=true needs keypoints, but {cfg.dataset} {split} has none: searched "
                                f"{where}; set config key 'pose_dir' to a folder of {{clip_id}}.pose files "
-                               "(docs/datasets.md, 'Keypoints')")
+                               "(docs/datasets.md, 'Keypoints'), or train without keypoints: --preset no_keypoints")
         return records
     return [dataclasses.replace(r, keypoints_path=found.get(r.clip_id) or expected[r.clip_id]) for r in records]
 
