@@ -28,7 +28,7 @@ from checkpoint import (FORMAT_VERSION, CheckpointError, load_latest, load_weigh
                         save_checkpoint, set_rng_state, unwrap)
 from config import Config, ConfigError, dump_yaml, parse_cli
 from data import build_dataset, make_train_loader
-from data.text import Tokenizer
+from data.text import build_tokenizer, tokenizer_from_state, usable_prompt
 from diffusion.text2sign import Text2SignDiffusion, per_timestep_mse
 from models import build_model
 from pipeline import generate, model_config_mismatch, resolve_device, run_dir, save_samples
@@ -141,7 +141,7 @@ def train(argv: list[str]) -> int:
 
     # --- data ------------------------------------------------------------------------------------
     train_set = build_dataset(cfg, "train")
-    tokenizer = Tokenizer.from_state(state["tokenizer"]) if state else Tokenizer.from_captions(train_set.captions)
+    tokenizer = tokenizer_from_state(state["tokenizer"]) if state else build_tokenizer(cfg, train_set.captions)
     first = train_set[0]
     expected = (3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px)
     if tuple(first["video"].shape) != expected:
@@ -151,7 +151,7 @@ def train(argv: list[str]) -> int:
     # Fixed prompts for the periodic samples; a caption with no training word would be rejected by
     # encode_prompts (see pipeline.py), so such captions are skipped here rather than at sampling time.
     sample_prompts = [c for c in build_dataset(cfg, prompt_split).captions
-                      if len(tokenizer.unknown_words(c)) < len(tokenizer.encode(c, 10**6))][: cfg.num_sample_prompts]
+                      if usable_prompt(tokenizer, c, cfg.max_text_len_tokens)][: cfg.num_sample_prompts]
 
     # --- model, EMA, optimizer, resume ------------------------------------------------------------
     model = build_model(cfg, len(tokenizer)).to(device)

@@ -4,7 +4,6 @@ and writing sample videos. One copy, imported everywhere (STYLE.md: diagnostics 
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +12,7 @@ import torch
 
 from checkpoint import CheckpointError, load_checkpoint, load_latest, load_weights
 from config import Config, config_from_dict
-from data.text import Tokenizer
+from data.text import Tokenizer, check_prompts, tokenizer_from_state
 from data.video_io import to_uint8_frames, upscale, write_gif, write_mp4
 from diffusion.text2sign import Text2SignDiffusion
 from models import MODEL_KEYS, build_model
@@ -66,7 +65,7 @@ def load_run(*, experiment: str | None = None, checkpoint: str | None = None,
     else:
         raise ValueError("give an experiment name or a checkpoint path")
     cfg = config_from_dict(state["config"])
-    tokenizer = Tokenizer.from_state(state["tokenizer"])
+    tokenizer = tokenizer_from_state(state["tokenizer"])
     model = build_model(cfg, len(tokenizer))
     load_weights(model, state["ema" if use_ema else "model"], path)
     device = torch.device(device)
@@ -79,23 +78,12 @@ def encode_prompts(tokenizer: Tokenizer, prompts: list[str], max_len: int,
                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens for user prompts, with the documented behaviour for odd input.
 
-    An empty prompt, or one whose words are all unknown to the training vocabulary, is rejected
-    (ValueError naming it): the model would silently produce an arbitrary sign. Unknown words inside
-    a prompt map to <unk> with a warning; prompts longer than max_len words are truncated with a
-    warning.
+    An empty prompt, or one whose first max_len tokens are all unknown to the training vocabulary,
+    is rejected (ValueError naming it): the model would silently produce an arbitrary sign. Unknown
+    words inside a prompt map to <unk> with a warning; prompts longer than max_len tokens are
+    truncated with a warning (data.text.check_prompts).
     """
-    for prompt in prompts:
-        words = tokenizer.encode(prompt, 10**6)
-        if not words:
-            raise ValueError(f"prompt {prompt!r} is empty after normalization (lower-case words)")
-        unknown = tokenizer.unknown_words(prompt)
-        if len(unknown) == len(words):
-            raise ValueError(f"prompt {prompt!r}: no word is in the training vocabulary "
-                             f"({len(tokenizer) - 2} words, e.g. {tokenizer.words[2:8]})")
-        if unknown:
-            warnings.warn(f"prompt {prompt!r}: unknown words {unknown} are read as <unk>")
-        if len(words) > max_len:
-            warnings.warn(f"prompt {prompt!r} has {len(words)} words; only the first {max_len} are used")
+    check_prompts(tokenizer, prompts, max_len)
     tokens, mask = tokenizer.batch(prompts, max_len)
     return tokens.to(device), mask.to(device)
 
