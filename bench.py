@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from config import ConfigError, make_config, parse_value
 from data import build_dataset, make_train_loader
 from data.skeleton import NUM_POINTS
-from data.text import Tokenizer
+from data.text import Tokenizer, build_tokenizer
 from diffusion import build_diffusion, build_objective
 from models import build_model
 from pipeline import resolve_device
@@ -181,7 +181,7 @@ def bench_train(cfg, device, quick: bool, profile: bool = False) -> tuple[dict, 
     except ImportError as exc:  # a dataset whose optional dependency is missing: time the model alone
         print(f"warning: no dataset ({exc}); training on a fixed random batch, data wait not measured")
         dataset = None
-    tokenizer = Tokenizer.from_captions(dataset.captions if dataset is not None else ["a b c d e f g h"])
+    tokenizer = build_tokenizer(cfg, dataset.captions if dataset is not None else ["a b c d e f g h"])
     batches = (iter(make_train_loader(cfg, dataset, tokenizer, start_step=0)) if dataset is not None
                else repeat(random_batch(cfg, cfg.batch_size, len(tokenizer))))
     trainer = BenchTrainer(cfg, device, len(tokenizer))

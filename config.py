@@ -47,7 +47,9 @@ class Config:
     frame_size_px: int = 32  # square frame side, pixels
     num_train_samples: int = 20000  # synthetic: clips in the train split (rendered on demand)
     num_eval_samples: int = 48  # synthetic: clips in each of val and test
-    max_text_len_tokens: int = 24  # captions are truncated to this many tokens
+    max_text_len_tokens: int = 24  # captions are truncated to this many tokens (words or subword pieces)
+    tokenizer: str = "word"  # word (synthetic, glosses) | bpe: subword pieces for real sentences (data/text.py)
+    subword_vocab_size: int = 4000  # bpe: most pieces learnt from the training captions (embedding rows)
     num_workers: int = 1  # DataLoader worker processes; one renders beside the step (performance.md, round 3)
     sample_fps: float = 0.0  # real data: resample clips to this frame rate; 0 = every frame
     text_field: str = "translation"  # phoenix: translation (German text) | orth (glosses)
@@ -125,6 +127,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("auto", "fp32", "bf16"),
     "dataset": ("synthetic", "how2sign", "phoenix", "wlasl", "folder"),
     "text_field": ("translation", "orth"),
+    "tokenizer": ("word", "bpe"),  # data.text.TOKENIZER_KINDS
     "final_norm": ("group", "batch"),
     "beta_schedule": ("linear", "cosine"),
     "prediction_type": ("eps", "v", "x0", "edm"),
@@ -138,7 +141,7 @@ POSITIVE = (
     "patch_size_px", "tubelet_frames", "mlp_ratio", "text_depth", "decoder_channels", "num_timesteps",
     "sampling_steps", "max_steps", "batch_size", "grad_accum_steps", "lr", "log_every_steps",
     "checkpoint_every_steps", "num_sample_prompts", "weight_min_snr", "weight_max_snr",
-    "min_snr_gamma", "cpu_streams", "sigma_data", "grad_clip_norm",
+    "min_snr_gamma", "cpu_streams", "sigma_data", "grad_clip_norm", "subword_vocab_size",
 )
 NON_NEGATIVE = (
     "num_threads", "num_workers", "sample_fps", "warmup_steps", "weight_decay",

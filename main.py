@@ -23,10 +23,10 @@ from tqdm import tqdm
 from checkpoint import CheckpointError, load_latest, model_config_mismatch, save_checkpoint, write_text_atomic
 from config import ConfigError, dump_yaml, parse_cli
 from data import build_dataset, check_dataset, make_train_loader
-from data.text import Tokenizer
+from data.text import build_tokenizer, tokenizer_from_state, usable_prompt
 from diffusion import build_diffusion, build_objective
 from models import build_model
-from pipeline import generate, resolve_device, run_dir, save_samples, usable_prompts
+from pipeline import generate, resolve_device, run_dir, save_samples
 from training import MetricsWindow, NonFiniteError, Trainer, choose_precision
 
 EXIT_NONFINITE = 3
@@ -91,9 +91,10 @@ def train(argv: list[str]) -> int:
     # --- data ------------------------------------------------------------------------------------
     train_set = build_dataset(cfg, "train")
     check_dataset(cfg, train_set)
-    tokenizer = Tokenizer.from_state(state["tokenizer"]) if state else Tokenizer.from_captions(train_set.captions)
+    tokenizer = tokenizer_from_state(state["tokenizer"]) if state else build_tokenizer(cfg, train_set.captions)
     prompt_split = "test" if cfg.dataset == "synthetic" else "val"
-    sample_prompts = usable_prompts(tokenizer, build_dataset(cfg, prompt_split).captions, cfg)
+    sample_prompts = [c for c in build_dataset(cfg, prompt_split).captions
+                      if usable_prompt(tokenizer, c, cfg.max_text_len_tokens)][: cfg.num_sample_prompts]
 
     # --- model, diffusion, trainer, resume --------------------------------------------------------
     model = build_model(cfg, len(tokenizer)).to(device)

@@ -4,7 +4,6 @@ and writing sample videos. One copy, imported everywhere (STYLE.md: diagnostics 
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +13,7 @@ import torch
 from checkpoint import CheckpointError, load_checkpoint, load_latest, load_weights
 from config import Config, ConfigError, config_from_dict
 from data import build_dataset
-from data.text import Tokenizer
+from data.text import Tokenizer, check_prompts, tokenizer_from_state
 from data.video_io import to_uint8_frames, upscale, write_gif, write_mp4
 from diffusion import GaussianDiffusion, build_diffusion
 from models import build_model
@@ -100,7 +99,7 @@ def load_run(*, experiment: str | None = None, checkpoint: str | None = None,
         cfg = config_from_dict(state["config"])
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    tokenizer = Tokenizer.from_state(state["tokenizer"])
+    tokenizer = tokenizer_from_state(state["tokenizer"])
     model = build_model(cfg, len(tokenizer))
     load_weights(model, state["ema" if use_ema else "model"], path)
     device = torch.device(device)
@@ -112,42 +111,14 @@ def encode_prompts(tokenizer: Tokenizer, prompts: list[str], max_len: int,
                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens for user prompts, with the documented behaviour for odd input.
 
-    An empty prompt, or one whose words are all unknown to the training vocabulary, is rejected
-    (ValueError naming it): the model would silently produce an arbitrary sign. Unknown words inside
-    a prompt map to <unk> with a warning; prompts longer than max_len words are truncated with a
-    warning.
+    An empty prompt, or one whose first max_len tokens are all unknown to the training vocabulary,
+    is rejected (ValueError naming it): the model would silently produce an arbitrary sign. Unknown
+    words inside a prompt map to <unk> with a warning; prompts longer than max_len tokens are
+    truncated with a warning (data.text.check_prompts).
     """
-    for prompt in prompts:
-        words = tokenizer.encode(prompt, 10**6)
-        if not words:
-            raise ValueError(f"prompt {prompt!r} is empty after normalization (lower-case words)")
-        unknown = tokenizer.unknown_words(prompt)
-        if len(unknown) == len(words):
-            raise ValueError(f"prompt {prompt!r}: no word is in the training vocabulary "
-                             f"({len(tokenizer) - 2} words, e.g. {tokenizer.words[2:8]})")
-        if unknown:
-            warnings.warn(f"prompt {prompt!r}: unknown words {unknown} are read as <unk>")
-        if len(words) > max_len:
-            warnings.warn(f"prompt {prompt!r} has {len(words)} words; only the first {max_len} are used")
+    check_prompts(tokenizer, prompts, max_len)
     tokens, mask = tokenizer.batch(prompts, max_len)
     return tokens.to(device), mask.to(device)
-
-
-def usable_prompts(tokenizer: Tokenizer, captions: list[str], cfg: Config) -> list[str]:
-    """The first cfg.num_sample_prompts captions that `encode_prompts` accepts (a caption with no
-    training word is skipped here rather than rejected at sampling time)."""
-    usable = []
-    for caption in captions:
-        if len(usable) == cfg.num_sample_prompts:
-            break
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                encode_prompts(tokenizer, [caption], cfg.max_text_len_tokens)
-        except ValueError:
-            continue
-        usable.append(caption)
-    return usable
 
 
 @torch.no_grad()

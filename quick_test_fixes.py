@@ -22,7 +22,7 @@ import torch
 from checkpoint import CheckpointError
 from config import make_config
 from data import build_dataset, make_train_loader
-from data.text import Tokenizer
+from data.text import Tokenizer, build_tokenizer
 from diffusion import build_diffusion, build_objective
 from evaluation.timesteps import (THRESHOLDS, add_pose_gain, add_text_gain, format_pose_gain, format_table,
                                   format_text_gain, thresholds_help, timestep_table, verdict)
@@ -99,7 +99,7 @@ def train_briefly(cfg, tokenizer: Tokenizer, steps: int):
 def self_check(args) -> tuple[dict, int]:
     t_start = time.perf_counter()
     base = make_config("tiny", dict(SELF_CHECK, max_steps=max(1, args.steps)))
-    tokenizer = Tokenizer.from_captions(build_dataset(base, "train").captions)
+    tokenizer = build_tokenizer(base, build_dataset(base, "train").captions)
     val = first_clips(base, "val", args.num_clips)
     val_tokens, val_mask = tokenizer.batch(val.captions, base.max_text_len_tokens)
     timesteps = parse_timesteps(args.timesteps, base.num_timesteps)

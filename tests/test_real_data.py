@@ -259,9 +259,13 @@ def test_prepare_cli_and_yaml_presets(wlasl_root, tmp_path):
     assert len([n for n in os.listdir(tmp_path / "c") if n.endswith(".npy")]) == 2
     assert prepare_main(["--dataset", "wlasl", "--data_root", str(tmp_path / "nothing")]) == 2
     for name in ("how2sign", "phoenix", "wlasl", "folder"):
-        cfg, _ = parse_cli(["--config", os.path.join(ROOT, "configs", f"{name}.yaml"), "--data_root", "/d"])
-        assert cfg.dataset == name and cfg.pose_cond is False  # the pose stage needs hand labels
-        assert cfg.motion_loss_weight == 4.0  # without the pose stage this is what moves the hands (row 2)
+        path = os.path.join(ROOT, "configs", f"{name}.yaml")
+        cfg, _ = parse_cli(["--config", path, "--data_root", "/d"])
+        assert cfg.dataset == name and cfg.pose_cond and cfg.motion_loss_weight == 0.0  # the recipe, pose stage on
+        bare, _ = parse_cli(["--config", path, "--data_root", "/d", "--preset", "no_keypoints"])
+        assert not bare.pose_cond and bare.motion_loss_weight == 4.0  # without it the weighting moves the hands (row 2)
+        assert {k: v for k, v in bare.to_dict().items() if k not in ("pose_cond", "motion_loss_weight", "preset")} == \
+            {k: v for k, v in cfg.to_dict().items() if k not in ("pose_cond", "motion_loss_weight", "preset")}
 
 
 @pytest.mark.parametrize("dataset", ["how2sign", "phoenix", "wlasl", "folder"])

@@ -57,7 +57,7 @@ class ClipRecord:
 
 
 def make_record(clip_id: str, path: str, raw_caption: str, **kw) -> ClipRecord:
-    """A record with its caption normalized (lower-case, punctuation stripped, apostrophes kept)."""
+    """A record with its caption normalized (data.text.normalize_caption: any script, casefolded)."""
     return ClipRecord(clip_id=clip_id, path=path, caption=normalize_caption(raw_caption), **kw)
 
 
