@@ -23,12 +23,14 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import cli
 from config import ConfigError, make_config, parse_value
 from data import build_dataset, make_train_loader
 from data.skeleton import NUM_POINTS
 from data.text import Tokenizer, build_tokenizer
 from diffusion import build_diffusion, build_objective
 from models import build_model
+from limits import check_memory
 from pipeline import resolve_device
 from training import Trainer, batch_cond, choose_precision
 
@@ -317,7 +319,7 @@ def print_report(r: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--json", default="", help="also write the results to this file")
@@ -339,9 +341,12 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.threads < 0:
+        parser.error(f"argument --threads: expected 0 (the default) or more, got {args.threads}")
     if args.threads or cfg.num_threads:
         torch.set_num_threads(args.threads or cfg.num_threads)
     device = resolve_device(cfg.device)
+    check_memory(cfg, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -379,4 +384,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli.run(main, sys.argv[1:]))

@@ -3,7 +3,10 @@
 Saves are atomic (`atomic_write`: temp file in the same folder, fsync, os.replace, fsync of the
 folder; every file the project writes goes through it), the newest `keep` are kept, and loading uses
 `torch.load(weights_only=True)`: a checkpoint holds tensors and plain Python types only. A
-checkpoint that fails to load is reported and the previous one is used.
+checkpoint that fails to load is reported and the previous one is used. Every checkpoint carries an
+integrity record (integrity.py), checked on load; only `ckpt_<8 digits>.pt` files whose step matches
+their name are a run's checkpoints; rotation counts only checkpoints that load; a save refuses
+non-finite weights (`DivergedError`).
 """
 from __future__ import annotations
 
@@ -11,14 +14,20 @@ import errno
 import io
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Callable, IO
 
 import numpy as np
 import torch
 
+from integrity import RECORD_KEY, integrity_mismatch, integrity_record, nonfinite_tensor, pid_alive
+
 # 2: the pose stage predicts keypoints with visibility, and removed options are gone from the config.
-FORMAT_VERSION = 2
+# 3: an integrity record (integrity.py) of every entry; version 2 (no record) is still read.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
+CHECKPOINT_NAME = re.compile(r"^ckpt_(\d{8})\.pt$")  # what save_checkpoint writes; nothing else is the run's
 REQUIRED_KEYS = ("format_version", "step", "data_position", "model", "ema", "ema_num_updates",
                  "optimizer", "rng", "config", "tokenizer")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -67,6 +76,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read (the message names the file)."""
+
+
+class DivergedError(CheckpointError):
+    """A save refused: the weights (or optimizer state) hold NaN or inf."""
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -130,16 +143,62 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def checkpoint_paths(run_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoint files of a run, newest first (the zero-padded step orders them)."""
+    """The run's checkpoint files, newest first: only `ckpt_<8 digits>.pt`, ordered by that step
+    (a user's `ckpt_best.pt` or `ckpt_00000010.pt.bak` is not one of them)."""
     folder = Path(run_dir) / "checkpoints"
-    return sorted(folder.glob("ckpt_*.pt"), reverse=True) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def step_of(path: str | os.PathLike) -> int | None:
+    """The step in a checkpoint's file name, or None for a name save_checkpoint does not write."""
+    match = CHECKPOINT_NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+_VERIFIED: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) -> loads, so rotation reads each file once
+
+
+def is_loadable(path: Path) -> bool:
+    """Whether `path` loads and passes its integrity check (cached per file version)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        try:
+            load_checkpoint(path, "cpu", mmap=True)
+            _VERIFIED[key] = True
+        except CheckpointError:
+            _VERIFIED[key] = False
+    return _VERIFIED[key]
+
+
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Temp files of a process killed mid-save (SIGKILL, power loss) are never valid checkpoints and
+    can be as large as one: remove them so they cannot fill the disk over repeated crashes. Those
+    of a live process are kept (it may be writing them), and a folder we cannot clean (read-only)
+    must not hide the error the save itself will report."""
+    for stale in folder.glob(".tmp_ckpt_*.pt_*"):
+        pid = stale.name.rsplit("_", 1)[-1]
+        if pid.isdigit() and pid_alive(int(pid)):
+            continue
+        try:
+            stale.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any], keep: int) -> Path:
-    """Write `state` atomically as checkpoints/ckpt_{step:08d}.pt and keep the newest `keep`.
+    """Write `state` atomically as checkpoints/ckpt_{step:08d}.pt with its integrity record, and keep
+    the newest `keep` checkpoints that load (one that does not is never counted).
 
     A failure part-way (full disk, crash, exception) leaves no partial file under the final name
-    and every earlier checkpoint untouched.
+    and every earlier checkpoint untouched. Non-finite weights raise DivergedError before anything
+    is written.
     """
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
@@ -147,31 +206,42 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any], keep: int
     if keep < 1:
         raise ValueError(f"keep must be >= 1 (the new checkpoint itself), got {keep}")
     folder = Path(run_dir) / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"ckpt_{state['step']:08d}.pt"
-    # Temp files of a process killed mid-save (SIGKILL, power loss) are never valid checkpoints and
-    # can be as large as one: remove them so they cannot fill the disk over repeated crashes.
-    for stale in folder.glob(".tmp_ckpt_*.pt_*"):
-        stale.unlink(missing_ok=True)
+    bad = nonfinite_tensor(state)
+    if bad:
+        previous = next((p for p in checkpoint_paths(run_dir) if p != final), None)
+        raise DivergedError(f"not saving step {state['step']}: {bad} holds NaN or inf, the run has diverged "
+                            f"(e.g. a learning rate too high); "
+                            + (f"the last good checkpoint {previous} is kept" if previous else "no checkpoint is kept"))
+    state = {**state, RECORD_KEY: integrity_record(state)}
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp_files(folder)
         atomic_write(final, lambda fh: torch.save(state, fh))
     except BaseException as exc:
         previous = next((p for p in checkpoint_paths(run_dir) if p != final), None)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise CheckpointError(f"disk full while writing {final}; {kept}") from exc
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"cannot write {final}: {exc.strerror or exc}; {kept}") from exc
         if isinstance(exc, Exception):
             raise CheckpointError(f"failed to write {final} ({exc}); {kept}") from exc
         raise
-    for old in checkpoint_paths(run_dir)[keep:]:
-        old.unlink(missing_ok=True)
+    good = 0
+    for path in checkpoint_paths(run_dir):  # newest first
+        if good >= keep:
+            path.unlink(missing_ok=True)
+        elif is_loadable(path):
+            good += 1
     return final
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load one checkpoint safely and check it is complete."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """Load one checkpoint safely and check it is complete and unchanged since it was written."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(state, dict):
@@ -179,10 +249,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is missing required keys {missing}")
-    if state["format_version"] != FORMAT_VERSION:
+    if state["format_version"] not in READABLE_VERSIONS:
         raise CheckpointError(f"checkpoint {path} has format_version {state['format_version']}, "
-                              f"this code reads {FORMAT_VERSION} (written by another version of "
+                              f"this code reads {READABLE_VERSIONS} (written by another version of "
                               "text2sign: train it again with this one)")
+    if state["format_version"] >= 3:  # version 2 predates the record
+        problem = integrity_mismatch(state)
+        if problem:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {problem}")
+    state.pop(RECORD_KEY, None)
     state["model"] = clean_state_dict(state["model"])
     state["ema"] = clean_state_dict(state["ema"])
     return state
@@ -208,16 +283,21 @@ def _few(keys: list[str], shown: int = 3) -> str:
 
 
 def load_latest(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu",
-                log=print) -> tuple[dict[str, Any], Path] | None:
-    """The newest loadable checkpoint of a run (falling back past corrupt ones), or None if none."""
-    paths = checkpoint_paths(run_dir)
+                log=print, before_step: int | None = None) -> tuple[dict[str, Any], Path] | None:
+    """The newest loadable checkpoint of a run (falling back past corrupt ones), or None if none;
+    with `before_step`, the newest one older than that step."""
+    paths = [p for p in checkpoint_paths(run_dir) if before_step is None or step_of(p) < before_step]
     errors = []
     for path in paths:
         try:
-            return load_checkpoint(path, map_location), path
+            state = load_checkpoint(path, map_location)
+            if state["step"] != step_of(path):
+                raise CheckpointError(f"checkpoint {path} holds step {state['step']}, not the step in its "
+                                      "name: a renamed copy, not a checkpoint this run wrote")
+            return state, path
         except CheckpointError as exc:
             errors.append(str(exc))
             log(f"WARNING: {exc}; trying the previous checkpoint")
     if paths:
-        raise CheckpointError("no loadable checkpoint in " + str(run_dir) + ":\n  " + "\n  ".join(errors))
+        raise CheckpointError("no loadable checkpoint in " + str(run_dir) + ": " + "; ".join(errors))
     return None

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from data.synthetic import MIN_FRAME_SIZE_PX, MIN_FRAMES  # what the procedural signer can draw
 from models.architectures.vivit import MODEL_SIZES  # the registry owns the valid sizes
 
 
@@ -151,6 +152,11 @@ NON_NEGATIVE = (
 )
 # [low, high) ranges of keys that are fractions or decay rates.
 UNIT_INTERVAL = ("adam_beta2", "ema_decay", "cond_drop_prob")
+# Seeds feed torch.manual_seed (64 bit) after the data sampler scales them by ~1e6 per epoch, and
+# numpy's seeding: 32 bits keep every derived seed in range.
+MAX_SEED = 2**32 - 1
+NAME_MAX_BYTES = 255  # longest file name Linux and macOS file systems take
+MAX_CONFIG_BYTES = 1 << 20  # a YAML override file is a few hundred bytes; a huge one is the wrong file
 
 
 def validate(cfg: Config) -> None:
@@ -209,9 +215,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data_root': required for dataset '{cfg.dataset}'")
     if cfg.preset not in PRESETS:
         raise ConfigError(f"config key 'preset': {cfg.preset!r} is not one of {tuple(PRESETS)}")
-    if not cfg.experiment_name or os.sep in cfg.experiment_name or cfg.experiment_name in (".", ".."):
-        raise ConfigError(f"config key 'experiment_name': {cfg.experiment_name!r} must be a plain "
-                          "folder name")
+    if cfg.seed > MAX_SEED:
+        raise ConfigError(f"config key 'seed': must be at most {MAX_SEED} (2^32 - 1), got {cfg.seed}")
+    if cfg.dataset == "synthetic" and (cfg.num_frames < MIN_FRAMES or cfg.frame_size_px < MIN_FRAME_SIZE_PX):
+        key, low = ("num_frames", MIN_FRAMES) if cfg.num_frames < MIN_FRAMES else ("frame_size_px", MIN_FRAME_SIZE_PX)
+        raise ConfigError(f"config key '{key}': the synthetic signer needs at least {low}, got "
+                          f"{getattr(cfg, key)}")
+    name = cfg.experiment_name
+    if (not name or os.sep in name or name in (".", "..") or not name.isprintable()
+            or len(name.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES):
+        shown = f"{name[:60]!r}... ({len(name.encode('utf-8', 'surrogatepass'))} bytes)" if len(name) > 60 else repr(name)
+        raise ConfigError(f"config key 'experiment_name': {shown} must be a plain folder name: no "
+                          f"'{os.sep}', no control characters or NUL, at most {NAME_MAX_BYTES} bytes")
+    if not cfg.output_dir or "\0" in cfg.output_dir:
+        raise ConfigError(f"config key 'output_dir': {cfg.output_dir!r} must be a folder path without NUL bytes")
     if cfg.model_size not in MODEL_SIZES:
         raise ConfigError(f"config key 'model_size': {cfg.model_size!r} is not one of "
                           f"{tuple(MODEL_SIZES)}")
@@ -278,6 +295,9 @@ def parse_value(key: str, text: str) -> Any:
 
 def make_config(preset: str = "cpu", overrides: dict[str, Any] | None = None) -> Config:
     """Build a validated config from a preset plus overrides (keys checked, types checked)."""
+    if not isinstance(preset, str):
+        raise ConfigError(f"config key 'preset': expected a preset name (one of {', '.join(PRESETS)}), "
+                          f"got {preset!r}")
     if preset not in PRESETS:
         close = difflib.get_close_matches(preset, list(PRESETS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -309,19 +329,34 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 def load_yaml(path: str) -> dict[str, Any]:
     """Read a YAML override file (a flat mapping of config keys), safely."""
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        raise ConfigError(f"--config {path}: not a regular file (a device or pipe?); expected a YAML file")
+    if os.path.isfile(path) and os.path.getsize(path) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--config {path}: {os.path.getsize(path)} bytes; a config file is a short YAML "
+                          f"mapping (at most {MAX_CONFIG_BYTES} bytes)")
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path}: is a folder, expected a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config {path}: not a UTF-8 text file (byte {exc.start}); expected a YAML "
+                          "mapping of config keys") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"--config {path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of config keys, got {type(data).__name__}")
     names = {f.name for f in fields(Config)}
     for key in data:
         if key not in names:
             raise ConfigError(f"--config {path}: unknown config key '{key}'{_suggest(str(key))}")
+    if "preset" in data and not isinstance(data["preset"], str):
+        raise ConfigError(f"--config {path}: config key 'preset': expected a preset name (one of "
+                          f"{', '.join(PRESETS)}), got {data['preset']!r}")
     return data
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import CheckpointError
+import cli
 from data import build_dataset
 from data.video_io import to_uint8_frames, upscale
 from diffusion.gaussian import predict_eps_from_x0
@@ -39,18 +39,25 @@ GEN_BATCH = 16  # prompts per sampling batch
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p, required=True)
     p.add_argument("--prompt", action="append", help="prompt (repeatable); default: 2 val + 2 test captions")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), help="default: the run's config")
-    p.add_argument("--steps", type=int, help="DDIM steps (default: the run's sampling_steps)")
-    p.add_argument("--eta", type=float, help="DDIM eta (default: the run's ddim_eta)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
-    p.add_argument("--num_samples", type=int, default=1, help="samples per prompt")
-    p.add_argument("--strip_steps", type=int, default=6, help="reverse steps shown in each x0 strip")
-    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--steps", type=cli.positive(int), help="DDIM steps (default: the run's sampling_steps)")
+    p.add_argument("--eta", type=cli.finite, help="DDIM eta (default: the run's ddim_eta)")
+    p.add_argument("--guidance", type=cli.finite, help="classifier-free guidance scale (default: the run's)")
+    p.add_argument("--num_samples", type=cli.positive(int), default=1, help="samples per prompt")
+    p.add_argument("--strip_steps", type=cli.positive(int), default=6, help="reverse steps shown in each x0 strip")
+    p.add_argument("--fps", type=cli.positive(int), default=8, help="frames per second of the written videos")
     p.add_argument("--out", help="output folder (default outputs/debug_sampling/<experiment>)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.eta is not None and args.eta < 0:
+        p.error(f"argument --eta: expected a number >= 0, got {args.eta}")
+    if args.steps is not None and args.sampler == "ddpm":
+        p.error("argument --steps: ddpm always runs the run's num_timesteps steps; drop --steps or use "
+                "--sampler ddim")
+    args.error = p.error  # for the checks that need the run's config
+    return args
 
 
 def high_freq_energy(videos: torch.Tensor) -> float:
@@ -88,13 +95,14 @@ def slug(text: str) -> str:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    try:
-        run = load_run(experiment=args.experiment, checkpoint=args.checkpoint, output_dir=args.output_dir,
-                       use_ema=not args.raw)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    run = load_run(experiment=args.experiment, checkpoint=args.checkpoint, output_dir=args.output_dir,
+                   use_ema=not args.raw)
     cfg = run.cfg
+    if args.steps is not None and args.steps > cfg.num_timesteps:
+        args.error(f"argument --steps: at most the run's num_timesteps={cfg.num_timesteps}, got {args.steps}")
+    if args.sampler is None and cfg.sampler == "ddpm" and args.steps is not None:
+        args.error("argument --steps: this run samples with ddpm, which always runs num_timesteps steps; "
+                   "drop --steps or use --sampler ddim")
     val = build_dataset(cfg, "val")
     prompts = args.prompt or list(val.captions[:2]) + list(build_dataset(cfg, "test").captions[:2])
     sampler = args.sampler or cfg.sampler
@@ -219,4 +227,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli.run(main, sys.argv[1:]))

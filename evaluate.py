@@ -11,34 +11,34 @@ import sys
 
 import torch
 
-from checkpoint import CheckpointError
-from config import ConfigError
+import cli
 from evaluation.runner import evaluate_run
 from pipeline import add_run_arguments, load_run, resolve_device
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, required=True)
     parser.add_argument("--split", default="test", choices=("val", "test"))
-    parser.add_argument("--num_clips", type=int, default=None, help="default: the config's num_eval_samples")
-    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    parser.add_argument("--num_clips", type=cli.positive(int), default=None,
+                        help="default: the config's num_eval_samples")
+    parser.add_argument("--guidance", type=cli.finite, default=None, help="classifier-free guidance scale")
     parser.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="default: the config's")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps")
-    parser.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
+    parser.add_argument("--steps", type=cli.positive(int), default=None, help="DDIM steps")
+    parser.add_argument("--eta", type=cli.finite, default=None, help="DDIM stochasticity (0 deterministic, 1 DDPM-like)")
     parser.add_argument("--start_t", type=int, default=None,
                         help="start from each reference clip noised to this step (SDEdit) instead of "
                              "pure noise: if the signs read from t=20 but not from noise, the layout "
                              "decided at high noise is what fails")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    try:
-        run = load_run(experiment=args.experiment, checkpoint=args.checkpoint, output_dir=args.output_dir,
-                       device=resolve_device(args.device), use_ema=not args.raw)
-    except (CheckpointError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.eta is not None and args.eta < 0:
+        parser.error(f"argument --eta: expected a number >= 0, got {args.eta}")
+    run = load_run(experiment=args.experiment, checkpoint=args.checkpoint, output_dir=args.output_dir,
+                   device=resolve_device(args.device), use_ema=not args.raw)
     cfg = run.cfg
+    if args.steps is not None and args.steps > cfg.num_timesteps:
+        parser.error(f"argument --steps: at most the run's num_timesteps={cfg.num_timesteps}, got {args.steps}")
     if args.guidance is not None:
         cfg.guidance_scale = args.guidance
     if args.sampler is not None:
@@ -57,4 +57,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli.run(main, sys.argv[1:]))

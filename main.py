@@ -5,7 +5,10 @@
     torchrun --nproc_per_node=2 main.py --experiment_name ddp   # DistributedDataParallel
 
 Running the same experiment name again resumes from its latest checkpoint. Reads top to bottom:
-config -> distributed/device -> resume state -> data -> model/trainer -> loop -> samples/eval.
+config and limits -> distributed/device -> run folder (locked) and resume state -> data ->
+model/trainer -> loop -> samples/eval. Errors are one `error:` line (cli.py: exit 2 bad input, 1
+environment, 3 divergence); SIGINT/SIGTERM exit 130/143 at any point, after a checkpoint at the step
+boundary inside the loop.
 """
 from __future__ import annotations
 
@@ -20,41 +23,59 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, load_latest, model_config_mismatch, save_checkpoint, write_text_atomic
-from config import ConfigError, dump_yaml, parse_cli
+import cli
+from checkpoint import (CheckpointError, DivergedError, checkpoint_paths, load_latest, model_config_mismatch,
+                        save_checkpoint, write_text_atomic)
+from cli import EXIT_NONFINITE, EXIT_SIGNAL, Stopped, StopSignals
+from config import dump_yaml, parse_cli
 from data import build_dataset, check_dataset, make_train_loader
+from data.real.common import DatasetError
 from data.text import build_tokenizer, tokenizer_from_state, usable_prompt
 from diffusion import build_diffusion, build_objective
+from limits import check_disk, check_memory
 from models import build_model
 from pipeline import generate, resolve_device, run_dir, save_samples
+from run_folder import RunFolder, trim_metrics
 from training import MetricsWindow, NonFiniteError, Trainer, choose_precision
-
-EXIT_NONFINITE = 3
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def main(argv: list[str]) -> int:
     """Train; returns the exit code. Signal handlers are put back afterwards, so a caller of main()
-    (tests, notebooks) keeps its own Ctrl-C behaviour."""
-    previous_handlers = {sig: signal.getsignal(sig) for sig in EXIT_SIGNAL}
+    (tests, notebooks) keeps its own Ctrl-C behaviour; the run folder's lock is released."""
+    stop = StopSignals().install()
     try:
-        return train(argv)
+        with contextlib.ExitStack() as resources:
+            return train(argv, stop, resources)
+    except (Exception, Stopped, KeyboardInterrupt) as exc:  # cli.report re-raises what is a bug
+        return cli.report(exc)
     finally:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
+        stop.restore()
 
 
-def train(argv: list[str]) -> int:
-    # --- config ----------------------------------------------------------------------------------
-    try:
-        cfg, dry_run = parse_cli(argv)
-        device = resolve_device(cfg.device)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def io_failure(exc: OSError, doing: str, path, out_dir) -> int:
+    """One line for a failed write of the run (full or read-only disk), naming what is still safe."""
+    last = checkpoint_paths(out_dir)
+    kept = f"the last checkpoint {last[0]} is intact" if last else "no checkpoint was written yet"
+    print(f"error: {cli.describe_os_error(exc, doing, path)}; {kept}", file=sys.stderr)
+    return cli.os_error_code(exc)
+
+
+def quarantine(path, log) -> None:
+    """Rename a checkpoint whose weights produced a non-finite loss out of the run's checkpoints (it
+    would stop every resume); kept beside them as *.diverged for inspection."""
+    target = path.with_name(path.name + ".diverged")
+    os.replace(path, target)
+    log(f"WARNING: {path} holds the weights that produced the non-finite loss; renamed to {target.name}")
+
+
+def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -> int:
+    # --- config and limits, before anything is written -------------------------------------------
+    cfg, dry_run = parse_cli(argv)
+    device = resolve_device(cfg.device)
     if dry_run:
         print(dump_yaml(cfg), end="")
         return 0
+    estimate = check_memory(cfg, device)
 
     # --- distributed, device, precision, seeds (torchrun sets RANK; rank 0 logs and saves) --------
     distributed, rank, world = "RANK" in os.environ, 0, 1
@@ -73,13 +94,12 @@ def train(argv: list[str]) -> int:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed + rank)
 
-    # --- the run folder and the state to resume from ---------------------------------------------
+    # --- the run folder (locked while this run writes to it) and the state to resume from --------
     out_dir = run_dir(cfg)
-    try:
-        found = load_latest(out_dir, "cpu", log=log)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if is_main:
+        check_disk(cfg, estimate)
+        resources.enter_context(RunFolder(out_dir))
+    found = load_latest(out_dir, "cpu", log=log)
     state, state_path = found if found else (None, None)
     mismatch = model_config_mismatch(state["config"], cfg) if state else {}
     if mismatch:
@@ -90,7 +110,10 @@ def train(argv: list[str]) -> int:
 
     # --- data ------------------------------------------------------------------------------------
     train_set = build_dataset(cfg, "train")
-    check_dataset(cfg, train_set)
+    try:
+        check_dataset(cfg, train_set)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
     tokenizer = tokenizer_from_state(state["tokenizer"]) if state else build_tokenizer(cfg, train_set.captions)
     prompt_split = "test" if cfg.dataset == "synthetic" else "val"
     sample_prompts = [c for c in build_dataset(cfg, prompt_split).captions
@@ -107,17 +130,17 @@ def train(argv: list[str]) -> int:
                       streams=streams)
     start_step = 0
     if state is not None:
-        try:
-            start_step = trainer.load(state, state_path)
-        except CheckpointError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        start_step = trainer.load(state, state_path)
         log(f"Resuming experiment '{cfg.experiment_name}' from {state_path} at step {start_step}")
     batches = iter(make_train_loader(cfg, train_set, tokenizer, start_step, rank, world))
     writer = None
+    metrics_path = out_dir / "metrics.jsonl"
     if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out_dir / "config.yaml", dump_yaml(cfg))
+        try:
+            write_text_atomic(out_dir / "config.yaml", dump_yaml(cfg))
+            trim_metrics(metrics_path, start_step)  # steps after the checkpoint are logged again
+        except OSError as exc:
+            return io_failure(exc, "cannot write to the run folder", out_dir, out_dir)
         n_params = sum(p.numel() for p in model.parameters())
         log(f"text2sign: {cfg.experiment_name} | preset {cfg.preset} | {n_params / 1e6:.2f}M params | "
             f"{len(train_set)} train clips | vocab {len(tokenizer)} | device {device} | precision "
@@ -140,62 +163,101 @@ def train(argv: list[str]) -> int:
             write_text_atomic(out_dir / "samples" / f"step_{step:08d}.txt", "\n".join(sample_prompts) + "\n")
             log(f"samples at step {step}: {paths[0]}")
 
-    stop_signal = []
-    for sig in EXIT_SIGNAL:
-        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
-
-    # --- the loop --------------------------------------------------------------------------------
+    # --- the loop (a signal only sets a flag: the run saves and stops at the step boundary) --------
     metrics = MetricsWindow(cfg, device)
     metrics.reset(time.perf_counter())
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not is_main, dynamic_ncols=True)
     step = start_step
+    fell_back = False
     trainer.net.train()
-    while step < cfg.max_steps:
-        try:
-            record = trainer.step(batches, step)
-        except NonFiniteError as exc:
-            print(f"error: {exc}; last good checkpoint kept", file=sys.stderr)
-            return EXIT_NONFINITE
-        step += 1
-        metrics.add(record)
-        bar.update(1)
-        if step % cfg.log_every_steps == 0 or step == cfg.max_steps:
-            line = metrics.record(step, record, time.perf_counter(), distributed) | dict(precision=precision.name)
-            if is_main:
-                with open(out_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(line) + "\n")
-                for key, value in line.items() if writer else ():
-                    if isinstance(value, float):
-                        writer.add_scalar(f"train/{key}", value, step)
-                bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", sps=f"{line['samples_per_s']:.1f}")
-        # Every rank must agree on stopping at this step (a signal may reach only some of them).
-        stop = torch.tensor(float(bool(stop_signal)), device=device)
-        if distributed:
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        if stop.item() or step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
+    with stop.deferred():
+        while step < cfg.max_steps:
             try:
-                save(step)
-            except CheckpointError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
-        if stop.item():
-            signum = stop_signal[0] if stop_signal else signal.SIGTERM
-            log(f"\nstopped by signal {signal.Signals(signum).name} at step {step}; checkpoint saved, "
-                f"run the same command again to resume")
-            return EXIT_SIGNAL[signum]
-        if cfg.sample_every_steps and step % cfg.sample_every_steps == 0 and step < cfg.max_steps:
-            write_samples(step)
+                record = trainer.step(batches, step)
+            except NonFiniteError as exc:
+                # A checkpoint at this step holds the weights that produced it: every resume from it
+                # would stop here again.
+                produced = out_dir / "checkpoints" / f"ckpt_{step:08d}.pt"
+                if is_main and produced.exists():
+                    quarantine(produced, log)
+                if distributed:
+                    dist.barrier()
+                previous = (load_latest(out_dir, "cpu", log=log, before_step=step)
+                            if step == start_step and state is not None and not fell_back else None)
+                if previous is None:
+                    kept = checkpoint_paths(out_dir)
+                    print(f"error: {exc}; " + (f"the last good checkpoint {kept[0]} is kept" if kept else
+                                               "no checkpoint is kept"), file=sys.stderr)
+                    return EXIT_NONFINITE
+                # Right after loading: fall back to the checkpoint before, once.
+                (state, state_path), fell_back = previous, True
+                if state["tokenizer"] != tokenizer.state():
+                    raise CheckpointError(f"{state_path}: its vocabulary differs from the newer checkpoint's")
+                start_step = step = trainer.load(state, state_path)
+                log(f"\nWARNING: {exc}, the first step after loading the checkpoint; falling back (once) to "
+                    f"{state_path} at step {step}")
+                del batches
+                batches = iter(make_train_loader(cfg, train_set, tokenizer, step, rank, world))
+                if is_main:
+                    trim_metrics(metrics_path, step)
+                metrics.reset(time.perf_counter())
+                bar.reset(total=cfg.max_steps)
+                bar.update(step)
+                continue
+            step += 1
+            metrics.add(record)
+            bar.update(1)
+            if step % cfg.log_every_steps == 0 or step == cfg.max_steps:
+                line = metrics.record(step, record, time.perf_counter(), distributed) | dict(precision=precision.name)
+                if is_main:
+                    try:
+                        with open(metrics_path, "a") as fh:
+                            fh.write(json.dumps(line) + "\n")
+                    except OSError as exc:
+                        return io_failure(exc, "cannot append to", metrics_path, out_dir)
+                    for key, value in line.items() if writer else ():
+                        if isinstance(value, float):
+                            writer.add_scalar(f"train/{key}", value, step)
+                    bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", sps=f"{line['samples_per_s']:.1f}")
+            # Every rank must agree on stopping at this step (a signal may reach only some of them).
+            stopping = torch.tensor(float(bool(stop.received)), device=device)
+            if distributed:
+                dist.all_reduce(stopping, op=dist.ReduceOp.MAX)
+            if stopping.item() or step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps:
+                try:
+                    save(step)
+                except DivergedError as exc:  # non-finite weights: nothing written, the last good one kept
+                    print(f"error: {exc}", file=sys.stderr)
+                    return EXIT_NONFINITE
+                except CheckpointError as exc:  # full or read-only disk: the message says what is intact
+                    print(f"error: {cli.one_line(exc)}", file=sys.stderr)
+                    return 1
+            if stopping.item():
+                stop.acknowledged = True
+                signum = stop.first or signal.SIGTERM
+                log(f"\nstopped by signal {signal.Signals(signum).name} at step {step}; checkpoint saved, "
+                    f"run the same command again to resume")
+                return EXIT_SIGNAL[signum]
+            if cfg.sample_every_steps and step % cfg.sample_every_steps == 0 and step < cfg.max_steps:
+                write_samples(step)
     bar.close()
     trainer.close()
 
-    # --- samples and evaluation at the end -------------------------------------------------------
-    if start_step < cfg.max_steps or not (out_dir / "samples" / f"step_{step:08d}.gif").exists():
-        write_samples(step)
-    if is_main and cfg.eval_at_end and cfg.dataset == "synthetic":
-        from evaluation.runner import evaluate_run
+    # --- samples and evaluation at the end (a signal stops them at once: the checkpoint is saved) --
+    try:
+        if start_step < cfg.max_steps or not (out_dir / "samples" / f"step_{step:08d}.gif").exists():
+            write_samples(step)
+        if is_main and cfg.eval_at_end and cfg.dataset == "synthetic":
+            from evaluation.runner import evaluate_run
 
-        evaluate_run(trainer.ema.module, diffusion, tokenizer, cfg, split="test",
-                     json_path=out_dir / "eval_test.json", log=log)
+            evaluate_run(trainer.ema.module, diffusion, tokenizer, cfg, split="test",
+                         json_path=out_dir / "eval_test.json", log=log)
+    except Stopped as exc:
+        log(f"\nstopped by signal {exc} during the final samples and evaluation; the checkpoint at step "
+            f"{step} is saved: run the same command again to finish them")
+        return exc.exit_code
+    except OSError as exc:
+        return io_failure(exc, "cannot write the final samples or evaluation", None, out_dir)
     if writer:
         writer.close()
     if distributed:

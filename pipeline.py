@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+import cli
 from checkpoint import CheckpointError, load_checkpoint, load_latest, load_weights
 from config import Config, ConfigError, config_from_dict
 from data import build_dataset
@@ -39,7 +40,7 @@ def add_run_arguments(parser, *, required: bool = False) -> None:
     src.add_argument("--checkpoint", help="path to a checkpoint file")
     parser.add_argument("--output_dir", default="experiments", help="parent folder of run folders")
     parser.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling / evaluation noise")
+    parser.add_argument("--seed", type=cli.seed, default=0, help="seed of the sampling / evaluation noise")
     parser.add_argument("--json", help="also write the results to this file")
 
 

@@ -19,6 +19,7 @@ from dataclasses import asdict
 
 import torch
 
+import cli
 from checkpoint import CheckpointError
 from config import make_config
 from data import build_dataset, make_train_loader
@@ -51,7 +52,7 @@ HISTORICAL = dict(residual_input=True, temporal_modulation_weight=0.1, use_times
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, epilog=thresholds_help(),
+    p = cli.ArgumentParser(description=__doc__, epilog=thresholds_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p)
     p.add_argument("--timesteps", default="all", help="'all' or a comma list, e.g. 0,10,25,49")
@@ -62,6 +63,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps < 0:
         p.error(f"--steps {args.steps}: expected 0 (the untrained models) or more training steps")
+    if args.num_clips < 0:
+        p.error(f"--num_clips {args.num_clips}: expected 0 (the whole val split) or more clips")
+    if args.threads < 0:
+        p.error(f"--threads {args.threads}: expected 0 (1 thread) or more")
     return args
 
 
@@ -207,4 +212,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli.run(main, sys.argv[1:]))

@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 
+import cli
 from config import ConfigError, parse_cli
 from data.real import DatasetError, build_real_dataset
 
@@ -47,4 +48,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli.run(main, sys.argv[1:]))

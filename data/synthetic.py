@@ -32,6 +32,8 @@ _RERENDER_SPLIT_ID = 3  # seeds of `rerender`, disjoint from every split's
 HELD_OUT_FRACTION = 0.1
 SENTENCE_LENGTH_PROBS = {"train": (0.2, 0.4, 0.4), "val": (0.2, 0.4, 0.4), "test": (0.0, 0.5, 0.5)}
 _SENTENCE_STREAM, _STYLE_STREAM, _CAPTION_STREAM = 0, 1, 2
+MIN_FRAMES = 3  # a sentence has up to 3 glosses, one frame at least each
+MIN_FRAME_SIZE_PX = 8  # the signer's body and hands are drawn at no smaller size
 
 
 def is_held_out(glosses: list[str] | tuple[str, ...]) -> bool:
@@ -71,8 +73,9 @@ class SyntheticSignDataset(Dataset):
     def __init__(self, split: str, num_samples: int, num_frames: int, frame_size_px: int, seed: int):
         if split not in SPLIT_IDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
-        if num_samples < 1 or num_frames < 3 or frame_size_px < 8:
-            raise ValueError(f"need num_samples >= 1, num_frames >= 3 (one per gloss), frame_size_px >= 8; "
+        if num_samples < 1 or num_frames < MIN_FRAMES or frame_size_px < MIN_FRAME_SIZE_PX:
+            raise ValueError(f"need num_samples >= 1, num_frames >= {MIN_FRAMES} (one per gloss), "
+                             f"frame_size_px >= {MIN_FRAME_SIZE_PX}; "
                              f"got {num_samples}, {num_frames}, {frame_size_px}")
         self.split, self.num_samples, self.seed = split, num_samples, seed
         self.num_frames, self.frame_size_px = num_frames, frame_size_px

@@ -11,6 +11,11 @@ Conditions (each scored against the intended clip's ground truth):
 Plus `prompt_ranking_top1`: for each clip, the conditional denoising loss under its true caption
 vs 3 other captions (same timesteps and noise for all four), top-1 accuracy; chance is 25%.
 Real datasets have no tracker: they get PSNR/SSIM against the reference and prompt ranking.
+
+A clip whose caption has no word the model read in training (data.text.usable_prompt: its first
+max_text_len_tokens tokens are all unknown) cannot be sampled from its text: it is skipped and
+counted (`meta.skipped_clips`, `meta.skipped_captions`), and every condition is scored on the rest.
+A split where no clip is left is a DatasetError.
 """
 from __future__ import annotations
 
@@ -24,13 +29,14 @@ from checkpoint import write_text_atomic
 from config import Config
 from data import build_dataset
 from data.signer import sentence_trajectory
-from data.text import Tokenizer
+from data.real.common import DatasetError
+from data.text import Tokenizer, usable_prompt
 from diffusion import GaussianDiffusion, build_objective
 from diffusion.gaussian import q_sample
 from evaluation.metrics import (NOISE_TOLERANCE, back_translate, dtw_hand_error, gloss_accuracy, gloss_wer, motion_ratio,
                                 noise_level, psnr, ssim)
 from evaluation.tracking import track_hands
-from pipeline import first_clips, generate
+from pipeline import Clips, first_clips, generate
 
 CONDITIONS = ("intended", "no_text", "shuffled", "ground_truth", "other_rendering")
 RANKING_TIMESTEPS = (5, 15, 25, 35, 45)  # spread over the schedule; scaled to num_timesteps
@@ -130,7 +136,11 @@ def evaluate_model(model: torch.nn.Module, diffusion: GaussianDiffusion, tokeniz
 
     start_t: start each sample from its reference clip noised to that step (SDEdit) instead of from
     pure noise: the fidelity left when the layout above start_t is given."""
-    clips = first_clips(cfg, split, num_clips or cfg.num_eval_samples)
+    clips, skipped = readable_clips(first_clips(cfg, split, num_clips or cfg.num_eval_samples), tokenizer,
+                                    cfg.max_text_len_tokens, split)
+    if skipped:
+        log(f"skipping {len(skipped)} {split} clips whose caption has no word of the training vocabulary "
+            f"(e.g. {skipped[0]!r}); scoring the other {len(clips.items)}")
     refs, captions, n = clips.items, clips.captions, len(clips.items)
     shuffled = captions[1:] + captions[:1]
     synthetic = cfg.dataset == "synthetic"
@@ -156,8 +166,24 @@ def evaluate_model(model: torch.nn.Module, diffusion: GaussianDiffusion, tokeniz
         results["pose_rmse_px"] = pose_error_px(model, tokenizer, refs, cfg)
     results["meta"] = dict(split=split, num_clips=n, sampler=cfg.sampler, sampling_steps=cfg.sampling_steps,
                            ddim_eta=cfg.ddim_eta, guidance_scale=cfg.guidance_scale, seed=seed,
-                           start_t=start_t)
+                           start_t=start_t, skipped_clips=len(skipped), skipped_captions=skipped[:20])
     return results
+
+
+def readable_clips(clips: Clips, tokenizer: Tokenizer, max_len: int, split: str) -> tuple[Clips, list[str]]:
+    """The clips whose caption the model can read (usable_prompt), and the captions of the others."""
+    keep = [i for i, c in enumerate(clips.captions) if usable_prompt(tokenizer, c, max_len)]
+    skipped = [c for i, c in enumerate(clips.captions) if i not in set(keep)]
+    if not keep:
+        raise DatasetError(f"{split} split: none of its {len(clips.captions)} clips has a caption with a word of "
+                           f"the training vocabulary (e.g. {clips.captions[0]!r}); nothing to evaluate")
+    if not skipped:
+        return clips, []
+    pick = torch.tensor(keep)
+    return Clips(items=[clips.items[i] for i in keep], videos=clips.videos[pick],
+                 captions=[clips.captions[i] for i in keep],
+                 pose_xy=None if clips.pose_xy is None else clips.pose_xy[pick],
+                 pose_visible=None if clips.pose_visible is None else clips.pose_visible[pick]), skipped
 
 
 def format_table(results: dict[str, Any]) -> str:

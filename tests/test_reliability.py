@@ -269,6 +269,7 @@ def test_checkpoint_holds_plain_types_and_loads_weights_only(tmp_path):
     path = save_checkpoint(tmp_path, state, keep=2)
     raw = torch.load(path, map_location="cpu", weights_only=True)
     plain_types_only(raw)
+    assert set(raw.pop("integrity")["parts"]) == set(state) - {"format_version"}  # integrity.py
     assert max_abs_diff(raw, state) == 0.0
 
 
