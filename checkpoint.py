@@ -27,7 +27,7 @@ from integrity import RECORD_KEY, integrity_mismatch, integrity_record, nonfinit
 # 3: an integrity record (integrity.py) of every entry; version 2 (no record) is still read.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (2, 3)
-CHECKPOINT_NAME = re.compile(r"^ckpt_(\d{8})\.pt$")  # what save_checkpoint writes; nothing else is the run's
+CHECKPOINT_NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")  # what save_checkpoint writes; nothing else is the run's
 REQUIRED_KEYS = ("format_version", "step", "data_position", "model", "ema", "ema_num_updates",
                  "optimizer", "rng", "config", "tokenizer")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -170,8 +170,7 @@ def is_loadable(path: Path) -> bool:
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _VERIFIED:
         try:
-            load_checkpoint(path, "cpu", mmap=True)
-            _VERIFIED[key] = True
+            _VERIFIED[key] = load_checkpoint(path, "cpu", mmap=True)["step"] == step_of(path)
         except CheckpointError:
             _VERIFIED[key] = False
     return _VERIFIED[key]
@@ -228,8 +227,10 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any], keep: int
         if isinstance(exc, Exception):
             raise CheckpointError(f"failed to write {final} ({exc}); {kept}") from exc
         raise
+    # Newest first: everything older than the `keep` newest checkpoints that load goes. One that
+    # does not load is never counted (it left a run with one fallback fewer, issue 21 row 3).
     good = 0
-    for path in checkpoint_paths(run_dir):  # newest first
+    for path in checkpoint_paths(run_dir):
         if good >= keep:
             path.unlink(missing_ok=True)
         elif is_loadable(path):

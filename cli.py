@@ -63,6 +63,16 @@ class StopSignals:
             signal.signal(sig, handler)
         self._previous = {}
 
+    def finish(self, restore: bool = True) -> None:
+        """Put the previous handlers back (a caller of main() in-process), or, when the process is
+        about to exit (an entry point), ignore any further signal at the OS level: the exit code is
+        decided, and the interpreter's shutdown would otherwise die of a late Ctrl-C."""
+        if restore:
+            self.restore()
+        else:
+            for sig in EXIT_SIGNAL:
+                signal.signal(sig, signal.SIG_IGN)
+
     def _handle(self, signum: int, frame) -> None:
         self.received.append(signum)
         if self._deferring or len(self.received) > 1:
@@ -141,15 +151,17 @@ def report(exc: BaseException) -> int:
     return code
 
 
-def run(main: Callable[[list[str]], int], argv: list[str]) -> int:
-    """Call an entry point's main(argv) with stop signals installed; user errors become one line."""
+def run(main: Callable[[list[str]], int], argv: list[str], restore_signals: bool = True) -> int:
+    """Call an entry point's main(argv) with stop signals installed; user errors become one line.
+    `restore_signals=False` (the `__main__` block): signals after main() returned are ignored, so
+    the exit code stays the one decided."""
     stop = StopSignals().install()
     try:
         return main(argv)
     except (Exception, Stopped, KeyboardInterrupt) as exc:  # noqa: B902: report() re-raises bugs
         return report(exc)
     finally:
-        stop.restore()
+        stop.finish(restore_signals)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -230,7 +230,7 @@ def check_disk(cfg, est: MemoryEstimate) -> None:
     need = est.num_params * FLOAT_BYTES * CHECKPOINT_COPIES * (cfg.keep_checkpoints + 1)
     free = shutil.disk_usage(probe).free
     if free < need:
-        raise OSError(errno.ENOSPC, f"{_gib(free)} free, the run needs about {_gib(need)} for "
+        raise OSError(errno.ENOSPC, f"not enough free disk space: {_gib(free)} free, the run needs about {_gib(need)} for "
                                     f"{cfg.keep_checkpoints + 1} checkpoints of {_gib(need / (cfg.keep_checkpoints + 1))}",
                       str(probe))
 

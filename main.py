@@ -39,25 +39,36 @@ from run_folder import RunFolder, trim_metrics
 from training import MetricsWindow, NonFiniteError, Trainer, choose_precision
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], restore_signals: bool = True) -> int:
     """Train; returns the exit code. Signal handlers are put back afterwards, so a caller of main()
-    (tests, notebooks) keeps its own Ctrl-C behaviour; the run folder's lock is released."""
+    (tests, notebooks) keeps its own Ctrl-C behaviour; the run folder's lock is released. The
+    command line passes restore_signals=False: a signal after the decision cannot change it."""
     stop = StopSignals().install()
     try:
         with contextlib.ExitStack() as resources:
             return train(argv, stop, resources)
     except (Exception, Stopped, KeyboardInterrupt) as exc:  # cli.report re-raises what is a bug
+        for bar in list(getattr(tqdm, "_instances", ())):  # so the error line stands alone
+            bar.close()
         return cli.report(exc)
     finally:
-        stop.restore()
+        stop.finish(restore_signals)
 
 
-def io_failure(exc: OSError, doing: str, path, out_dir) -> int:
-    """One line for a failed write of the run (full or read-only disk), naming what is still safe."""
+def io_failure(exc: OSError, doing: str, path, out_dir) -> tuple[int, str]:
+    """(exit code, message) for a failed write of the run (full or read-only disk), naming what is
+    still safe."""
     last = checkpoint_paths(out_dir)
     kept = f"the last checkpoint {last[0]} is intact" if last else "no checkpoint was written yet"
-    print(f"error: {cli.describe_os_error(exc, doing, path)}; {kept}", file=sys.stderr)
-    return cli.os_error_code(exc)
+    return cli.os_error_code(exc), f"{cli.describe_os_error(exc, doing, path)}; {kept}"
+
+
+def fail(code: int, message: str, bar=None) -> int:
+    """Print one `error:` line (after closing the progress bar, so the line stands alone)."""
+    if bar is not None:
+        bar.close()
+    print(f"error: {cli.one_line(message)}", file=sys.stderr, flush=True)
+    return code
 
 
 def quarantine(path, log) -> None:
@@ -66,6 +77,26 @@ def quarantine(path, log) -> None:
     target = path.with_name(path.name + ".diverged")
     os.replace(path, target)
     log(f"WARNING: {path} holds the weights that produced the non-finite loss; renamed to {target.name}")
+
+
+@torch.no_grad()
+def output_is_finite(model: torch.nn.Module, cfg, device: torch.device, precision) -> bool:
+    """One forward of `model` (eval mode, then back) on a fixed random clip and caption. Weights can
+    be finite yet diverged (--lr 1e30 leaves ~1e30 after one step), and their next training step is
+    NaN: such weights must not be saved over a good checkpoint. Draws from its own generator, so
+    the run's random streams are untouched."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px, generator=gen).to(device)
+    t = torch.full((1,), cfg.num_timesteps // 2, dtype=torch.long, device=device)
+    tokens = torch.full((1, 1), 2, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with precision.autocast(device):
+            out = model(x, t, tokens, torch.ones_like(tokens, dtype=torch.bool))
+    finally:
+        model.train(was_training)
+    return bool(torch.isfinite(out).all())
 
 
 def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -> int:
@@ -140,7 +171,7 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
             write_text_atomic(out_dir / "config.yaml", dump_yaml(cfg))
             trim_metrics(metrics_path, start_step)  # steps after the checkpoint are logged again
         except OSError as exc:
-            return io_failure(exc, "cannot write to the run folder", out_dir, out_dir)
+            return fail(*io_failure(exc, "cannot write to the run folder", out_dir, out_dir))
         n_params = sum(p.numel() for p in model.parameters())
         log(f"text2sign: {cfg.experiment_name} | preset {cfg.preset} | {n_params / 1e6:.2f}M params | "
             f"{len(train_set)} train clips | vocab {len(tokenizer)} | device {device} | precision "
@@ -154,6 +185,13 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
         state = trainer.state(step) | dict(config=cfg.to_dict(), tokenizer=tokenizer.state(),
                                            precision=dict(name=precision.name, reason=precision.reason))
         if is_main:
+            for name, net in (("model", model), ("EMA", trainer.ema.module)):
+                if not output_is_finite(net, cfg, device, precision):
+                    kept = checkpoint_paths(out_dir)
+                    raise DivergedError(f"not saving step {step}: the {name}'s output on a probe clip is NaN or inf "
+                                        "(its weights are finite but diverged, e.g. a learning rate too high); "
+                                        + (f"the last good checkpoint {kept[0]} is kept" if kept else
+                                           "no checkpoint is kept"))
             save_checkpoint(out_dir, state, cfg.keep_checkpoints)
 
     def write_samples(step: int) -> None:
@@ -186,9 +224,8 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
                             if step == start_step and state is not None and not fell_back else None)
                 if previous is None:
                     kept = checkpoint_paths(out_dir)
-                    print(f"error: {exc}; " + (f"the last good checkpoint {kept[0]} is kept" if kept else
-                                               "no checkpoint is kept"), file=sys.stderr)
-                    return EXIT_NONFINITE
+                    return fail(EXIT_NONFINITE, f"{exc}; " + (f"the last good checkpoint {kept[0]} is kept"
+                                                              if kept else "no checkpoint is kept"), bar)
                 # Right after loading: fall back to the checkpoint before, once.
                 (state, state_path), fell_back = previous, True
                 if state["tokenizer"] != tokenizer.state():
@@ -214,7 +251,7 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
                         with open(metrics_path, "a") as fh:
                             fh.write(json.dumps(line) + "\n")
                     except OSError as exc:
-                        return io_failure(exc, "cannot append to", metrics_path, out_dir)
+                        return fail(*io_failure(exc, "cannot append to", metrics_path, out_dir), bar)
                     for key, value in line.items() if writer else ():
                         if isinstance(value, float):
                             writer.add_scalar(f"train/{key}", value, step)
@@ -227,11 +264,9 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
                 try:
                     save(step)
                 except DivergedError as exc:  # non-finite weights: nothing written, the last good one kept
-                    print(f"error: {exc}", file=sys.stderr)
-                    return EXIT_NONFINITE
+                    return fail(EXIT_NONFINITE, str(exc), bar)
                 except CheckpointError as exc:  # full or read-only disk: the message says what is intact
-                    print(f"error: {cli.one_line(exc)}", file=sys.stderr)
-                    return 1
+                    return fail(1, str(exc), bar)
             if stopping.item():
                 stop.acknowledged = True
                 signum = stop.first or signal.SIGTERM
@@ -257,7 +292,7 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
             f"{step} is saved: run the same command again to finish them")
         return exc.exit_code
     except OSError as exc:
-        return io_failure(exc, "cannot write the final samples or evaluation", None, out_dir)
+        return fail(*io_failure(exc, "cannot write the final samples or evaluation", None, out_dir))
     if writer:
         writer.close()
     if distributed:
@@ -266,4 +301,4 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], restore_signals=False))
