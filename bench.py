@@ -20,10 +20,12 @@ import statistics
 import sys
 import time
 
+import cli  # stdlib only, so it comes first: see cli.quiet_interrupts
+
+cli.quiet_interrupts(__name__)
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import cli
 from config import ConfigError, make_config, parse_value
 from data import build_dataset, make_train_loader
 from data.skeleton import NUM_POINTS

@@ -94,6 +94,14 @@ class StopSignals:
             raise Stopped(self.received[0])
 
 
+def quiet_interrupts(module_name: str) -> None:
+    """Called by an entry point before its heavy imports: until main() installs the stop handlers,
+    Ctrl-C ends the process by the signal (exit 130 in a shell), as SIGTERM does, instead of a
+    KeyboardInterrupt traceback from inside torch's import. Only when run as a script."""
+    if module_name == "__main__":
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def one_line(text: str) -> str:
     """A message on one line: its lines joined by '; '."""
     return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())

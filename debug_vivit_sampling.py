@@ -19,11 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+import cli  # stdlib only, so it comes first: see cli.quiet_interrupts
+
+cli.quiet_interrupts(__name__)
 import numpy as np
 import torch
 from tqdm import tqdm
 
-import cli
 from data import build_dataset
 from data.video_io import to_uint8_frames, upscale
 from diffusion.gaussian import predict_eps_from_x0

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import cli  # stdlib only, so it comes first: see cli.quiet_interrupts
+
+cli.quiet_interrupts(__name__)
 import torch
 
-import cli
 from evaluation.runner import evaluate_run
 from pipeline import add_run_arguments, load_run, resolve_device
 

@@ -19,11 +19,13 @@ import signal
 import sys
 import time
 
+import cli  # stdlib only, so it comes first: see cli.quiet_interrupts
+
+cli.quiet_interrupts(__name__)
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import cli
 from checkpoint import (CheckpointError, DivergedError, checkpoint_paths, load_latest, model_config_mismatch,
                         save_checkpoint, write_text_atomic)
 from cli import EXIT_NONFINITE, EXIT_SIGNAL, Stopped, StopSignals

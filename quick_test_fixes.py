@@ -17,9 +17,11 @@ import sys
 import time
 from dataclasses import asdict
 
+import cli  # stdlib only, so it comes first: see cli.quiet_interrupts
+
+cli.quiet_interrupts(__name__)
 import torch
 
-import cli
 from checkpoint import CheckpointError
 from config import make_config
 from data import build_dataset, make_train_loader

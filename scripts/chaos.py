@@ -233,28 +233,41 @@ def finish(c: Chaos, row: Row, run: Path, note: str = "") -> None:
         row.note = "; ".join(x for x in (row.note, note, f"differs: {diff}" if diff else "") if x)
 
 
-def kill_moment(c: Chaos) -> float:
-    """Seconds after a process starts: in its start-up, training or final samples and evaluation
-    (1 : 3 : 1), each uniform over that phase of the uninterrupted run."""
-    first, last, total = c.reference["phases_s"]
-    lo, hi = c.rng.choice([(0.05, first)] + [(first, last)] * 3 + [(last, total)])
-    return c.rng.uniform(lo, max(lo, hi))
+PHASES = ("start-up", "training", "training", "training", "final samples and evaluation")
+
+
+def wait_for_kill_moment(c: Chaos, proc: Proc, run: Path) -> str:
+    """Wait for a random moment of `proc`'s life, placed by its own progress (not by the clock, which
+    a loaded machine stretches): in its start-up, during a random training step still ahead of it, or
+    in its final samples and evaluation (1 : 3 : 1). Returns the phase."""
+    first_s, last_s, total_s = c.reference["phases_s"]
+    phase = c.rng.choice(PHASES)
+    done = c.last_logged(run)
+    if phase == "training" and done >= c.max_steps - 1:
+        phase = PHASES[-1]
+    if phase == "start-up":
+        c.wait_for(proc, lambda: False, timeout_s=c.rng.uniform(0.05, first_s))
+    elif phase == "training":
+        target = c.rng.randint(done + 1, c.max_steps - 1)
+        c.wait_for(proc, lambda: c.last_logged(run) >= target)
+        c.wait_for(proc, lambda: False, timeout_s=c.rng.uniform(0, (last_s - first_s) / c.max_steps))
+    else:
+        c.wait_for(proc, lambda: c.last_logged(run) >= c.max_steps)
+        c.wait_for(proc, lambda: False, timeout_s=c.rng.uniform(0, total_s - last_s))
+    return phase
 
 
 def kills(c: Chaos, count: int) -> Row:
     """Runs killed with SIGKILL at a random moment and restarted with the same command (the
-    restart too may be killed, in its start-up or later) until `count` kills; the last restart of
-    each run goes to the end."""
-    row, episode, survived = Row("kill -9 at random moments"), 0, 0
+    restart too may be killed) until `count` kills; the last restart of each run goes to the end."""
+    row, episode, survived, phases = Row("kill -9 at random moments"), 0, 0, {p: 0 for p in PHASES}
     while row.trials < count:
         episode += 1
         name, killed, pending = f"kill{episode}", 0, None
         run = c.run_dir(name)
         proc = c.start(name)
-        while True:
-            if row.trials >= count:
-                break
-            c.wait_for(proc, lambda: False, timeout_s=kill_moment(c))
+        while row.trials < count:
+            phase = wait_for_kill_moment(c, proc, run)
             if pending is not None and "text2sign:" in proc.text():  # printed once resumed
                 row.redone += max(0, pending - resumed_at(proc.text()))
                 pending = None
@@ -264,6 +277,7 @@ def kills(c: Chaos, count: int) -> Row:
             proc.wait()
             row.trials += 1
             killed += 1
+            phases[phase] += 1
             pending = c.last_logged(run) if pending is None else pending
             proc = c.start(name)  # the same command again
         code = proc.wait()
@@ -276,6 +290,8 @@ def kills(c: Chaos, count: int) -> Row:
         elif code != 0:
             row.note = "; ".join(x for x in (row.note, f"{name}: a restart exited {code} (see {proc.log})") if x)
     row.survived = survived
+    row.note = "; ".join(x for x in (f"{episode} runs; kills in " + ", ".join(
+        f"{p}: {n}" for p, n in phases.items() if n), row.note) if x)
     return row
 
 

@@ -305,6 +305,7 @@ def test_row18_forked_children_do_not_keep_the_lock(tmp_path):
     """A DataLoader worker is a fork: it must not hold the lock once its parent has let go."""
     folder = RunFolder(tmp_path / "run")
     folder.acquire()
+    (tmp_path / "run" / "config.yaml").write_text("seed: 0\n")  # a run's folder is not left empty
     child = multiprocessing.get_context("fork").Process(target=_sleep, args=(20,))
     child.start()
     try:
