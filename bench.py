@@ -12,7 +12,6 @@ real data loader, so the data-wait share is the time spent in `next(loader)` ove
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform

@@ -33,6 +33,7 @@ from config import dump_yaml, parse_cli
 from data import build_dataset, check_dataset, make_train_loader
 from data.real.common import DatasetError
 from data.text import build_tokenizer, tokenizer_from_state, usable_prompt
+from integrity import nonfinite_tensor
 from diffusion import build_diffusion, build_objective
 from limits import check_disk, check_memory
 from models import build_model
@@ -186,14 +187,16 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
     def save(step: int) -> None:
         state = trainer.state(step) | dict(config=cfg.to_dict(), tokenizer=tokenizer.state(),
                                            precision=dict(name=precision.name, reason=precision.reason))
+        # Checked on every rank (their weights are the same), so under torchrun all stop together.
+        bad = nonfinite_tensor(state) and "its weights hold NaN or inf"
+        for name, net in (("model", model), ("EMA", trainer.ema.module)):
+            if not bad and not output_is_finite(net, cfg, device, precision):
+                bad = f"the {name}'s output on a probe clip is NaN or inf (finite but diverged weights)"
+        if bad:
+            kept = checkpoint_paths(out_dir)
+            raise DivergedError(f"not saving step {step}: {bad}, e.g. a learning rate too high; "
+                                + (f"the last good checkpoint {kept[0]} is kept" if kept else "no checkpoint is kept"))
         if is_main:
-            for name, net in (("model", model), ("EMA", trainer.ema.module)):
-                if not output_is_finite(net, cfg, device, precision):
-                    kept = checkpoint_paths(out_dir)
-                    raise DivergedError(f"not saving step {step}: the {name}'s output on a probe clip is NaN or inf "
-                                        "(its weights are finite but diverged, e.g. a learning rate too high); "
-                                        + (f"the last good checkpoint {kept[0]} is kept" if kept else
-                                           "no checkpoint is kept"))
             save_checkpoint(out_dir, state, cfg.keep_checkpoints)
 
     def write_samples(step: int) -> None:

@@ -175,7 +175,7 @@ def test_row4_a_step_that_makes_weights_nan_exits_3_without_a_save(tmp_path, mon
     monkeypatch.setattr(Trainer, "step", step)
     code = train_main.main(argv(tmp_path, "run", **{**SHORT, "max_steps": 4}))
     err = capsys.readouterr().err
-    assert code == 3 and "not saving step 4" in err and "ckpt_00000002.pt is kept" in err
+    assert code == 3 and "not saving step 4: its weights hold NaN or inf" in err and "ckpt_00000002.pt is kept" in err
     assert [p.name for p in checkpoint_paths(tmp_path / "run")] == ["ckpt_00000002.pt"]
 
 
@@ -318,3 +318,22 @@ def test_row18_forked_children_do_not_keep_the_lock(tmp_path):
     finally:
         child.kill()
         child.join()
+
+
+def test_row12_a_stale_temp_file_that_cannot_be_removed_does_not_stop_a_save(tmp_path, monkeypatch):
+    """(Read-only or foreign-owned temp files.) The clean-up is best effort; the save goes on."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = folder / f".tmp_ckpt_00000002.pt_{dead.pid}"
+    stale.write_bytes(b"left by a kill -9")
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self == stale:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_unlink(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    path = save_checkpoint(tmp_path, make_state(make_config("tiny"), 4), keep=2)
+    assert load_checkpoint(path)["step"] == 4 and stale.exists()
