@@ -11,6 +11,7 @@ import errno
 import io
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Callable, IO
 
@@ -40,12 +41,54 @@ def model_config_mismatch(saved: dict[str, Any], cfg) -> dict[str, tuple[Any, An
     return {k: (saved.get(k), getattr(cfg, k)) for k in MUST_MATCH if saved.get(k) != getattr(cfg, k)}
 
 
+_TEMP_FILE = re.compile(r"^\.tmp_(?P<name>.+)_(?P<pid>\d+)$")  # what atomic_write names its temp files
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """The temp file `atomic_write` fills for `path`: hidden, beside it, named by this process's PID."""
+    path = Path(path)
+    return path.with_name(f".tmp_{path.name}_{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except PermissionError:  # it exists, owned by another user
+        return True
+    except (ProcessLookupError, OverflowError):  # no such process (or no PID could be this large)
+        return False
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files `atomic_write` left in `folder` for processes that are gone (a kill -9,
+    a power loss mid-write): they are never valid files and can be as large as one. A live process's
+    are kept, it may still be writing them. Returns the removed paths."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMP_FILE.match(name)
+        if match and not _pid_alive(int(match.group("pid"))):
+            path = Path(folder) / name
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:  # another process removed it first, or a read-only folder: not ours to fix
+                pass
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Write `path` all or nothing: `write(fh)` fills a temp file in the same folder, which is flushed,
     fsynced and renamed over `path`; the folder is fsynced so the rename survives a power loss. On any
     failure the temp file is removed and `path` keeps its previous content."""
     path = Path(path)
-    tmp = path.with_name(f".tmp_{path.name}_{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as fh:
             write(fh)
@@ -150,10 +193,7 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any], keep: int
     folder = Path(run_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"ckpt_{state['step']:08d}.pt"
-    # Temp files of a process killed mid-save (SIGKILL, power loss) are never valid checkpoints and
-    # can be as large as one: remove them so they cannot fill the disk over repeated crashes.
-    for stale in folder.glob(".tmp_ckpt_*.pt_*"):
-        stale.unlink(missing_ok=True)
+    remove_stale_temp_files(folder)  # so repeated crashes mid-save cannot fill the disk
     try:
         atomic_write(final, lambda fh: torch.save(state, fh))
     except BaseException as exc:

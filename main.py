@@ -26,7 +26,7 @@ from data import build_dataset, check_dataset, make_train_loader
 from data.text import build_tokenizer, tokenizer_from_state, usable_prompt
 from diffusion import build_diffusion, build_objective
 from models import build_model
-from pipeline import generate, resolve_device, run_dir, save_samples
+from pipeline import generate, predict_keypoints, resolve_device, run_dir, save_samples
 from training import MetricsWindow, NonFiniteError, Trainer, choose_precision
 
 EXIT_NONFINITE = 3
@@ -136,7 +136,9 @@ def train(argv: list[str]) -> int:
     def write_samples(step: int) -> None:
         if is_main and sample_prompts:
             videos = generate(trainer.ema.module, diffusion, tokenizer, sample_prompts, cfg, seed=cfg.seed)
-            paths = save_samples(out_dir / "samples" / f"step_{step:08d}", videos)
+            poses = predict_keypoints(trainer.ema.module, tokenizer, sample_prompts, cfg) if cfg.pose_cond else None
+            paths = save_samples(out_dir / "samples" / f"step_{step:08d}", videos, poses=poses,
+                                 frame_size_px=cfg.frame_size_px)
             write_text_atomic(out_dir / "samples" / f"step_{step:08d}.txt", "\n".join(sample_prompts) + "\n")
             log(f"samples at step {step}: {paths[0]}")
 

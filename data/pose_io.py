@@ -14,7 +14,6 @@ convert with the frame size, so a non-square frame keeps its aspect ratio in the
 """
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
@@ -22,6 +21,7 @@ from pose_format import Pose
 from pose_format.numpy import NumPyPoseBody
 from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions, PoseNormalizationInfo
 
+from checkpoint import atomic_write
 from data import skeleton
 from data.real.common import DatasetError
 
@@ -86,15 +86,8 @@ def skeleton_pose(xy, visible, fps: float, frame_wh_px: tuple[int, int]) -> Pose
 def write_pose(path: str, xy, visible, fps: float, frame_wh_px: tuple[int, int]) -> None:
     """Write a reduced-skeleton clip as `.pose` (atomically: a temp file, then os.replace)."""
     pose = skeleton_pose(xy, visible, fps, frame_wh_px)
-    buffer = io.BytesIO()
-    pose.write(buffer)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, pose.write)
 
 
 def read_pose(path: str) -> tuple[np.ndarray, np.ndarray, float, tuple[int, int]]:

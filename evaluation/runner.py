@@ -176,9 +176,9 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"{'dtw floor':<16}{results['canonical_dtw_floor']:>16.4f}   (DTW hand error of the "
                      "canonical track the text implies: centred body, no style or timing jitter)")
     if "pose_rmse_px" in results:
-        lines.append(f"{'pose_rmse_px':<16}{results['pose_rmse_px']:>16.4f}   (pose stage's hand centres "
-                     "vs the reference, RMS per coordinate; at 32 px the data's own jitter about its "
-                     "canonical path is ~1.5 px)")
+        lines.append(f"{'pose_rmse_px':<16}{results['pose_rmse_px']:>16.4f}   (pose stage's keypoints "
+                     "vs the reference's, RMS per coordinate; the text fixes neither the signer's timing "
+                     "nor their size, so the data's own jitter bounds it: docs/experiments.md, row 28)")
     return "\n".join(lines)
 
 

@@ -207,12 +207,13 @@ class ViViTDenoiser(nn.Module):
         out = (self.output_scale * out).reshape(b, frames, 3, height, width_px).transpose(1, 2)
         return (out, aux) if return_aux else out
 
-    def predict_pose(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_pose(self, tokens: torch.Tensor, token_mask: torch.Tensor,
+                     drop_text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The pose stage's keypoints (B, T, P, 2) and visibility (B, T, P) bool for these texts (what
-        sampling draws); P indexes `pose_points`."""
+        sampling draws; `drop_text` (B,) bool: the null text instead); P indexes `pose_points`."""
         if self.pose is None:
             raise ValueError("predict_pose needs a model built with pose_cond=True")
-        xy, logits = self.pose(*self.text(tokens, token_mask, None))
+        xy, logits = self.pose(*self.text(tokens, token_mask, drop_text))
         return xy, logits > 0
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
