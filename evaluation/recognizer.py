@@ -67,7 +67,7 @@ class RecognizerSpec:
             value = getattr(self, f.name)
             positive = f.name not in ("max_train_clips", "seed", "warmup_steps", "weight_decay")
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (positive and value == 0):
-                raise ValueError(f"error: recogniser setting '{f.name}' must be a number "
+                raise ValueError(f"recogniser setting '{f.name}' must be a number "
                                  f"{'> 0' if positive else '>= 0'}, got {value!r}")
 
 
@@ -76,7 +76,7 @@ def _as_clips(pose_xy, pose_visible, lengths=None) -> list[tuple[np.ndarray, np.
     if hasattr(pose_xy, "detach"):
         pose_xy, pose_visible = pose_xy.detach().cpu().numpy(), pose_visible.detach().cpu().numpy()
     if len(pose_xy) != len(pose_visible) or (lengths is not None and len(lengths) != len(pose_xy)):
-        raise ValueError(f"error: {len(pose_xy)} keypoint clips, {len(pose_visible)} visibility clips"
+        raise ValueError(f"{len(pose_xy)} keypoint clips, {len(pose_visible)} visibility clips"
                          + ("" if lengths is None else f" and {len(lengths)} lengths"))
     clips = []
     for i, (xy, vis) in enumerate(zip(pose_xy, pose_visible)):
@@ -110,11 +110,11 @@ def collect_clips(dataset, max_clips: int = 0) -> dict:
         item = dataset[index]
         missing = [k for k in ("pose_xy", "pose_visible", "glosses") if k not in item]
         if missing:
-            raise DatasetError(f"error: item {index} of {type(dataset).__name__} has no {missing}: the recogniser "
+            raise DatasetError(f"item {index} of {type(dataset).__name__} has no {missing}: the recogniser "
                                "needs keypoints (pose_xy, pose_visible) and gloss labels (glosses)")
         labels = list(item["glosses"])
         if not labels or not all(isinstance(g, str) and g for g in labels):
-            raise DatasetError(f"error: item {index} of {type(dataset).__name__}: glosses must be a non-empty "
+            raise DatasetError(f"item {index} of {type(dataset).__name__}: glosses must be a non-empty "
                                f"list of strings, got {item['glosses']!r}")
         vis = np.asarray(item["pose_visible"]).astype(bool)
         try:
@@ -128,7 +128,7 @@ def collect_clips(dataset, max_clips: int = 0) -> dict:
         clips.append((xy, vis))
         glosses.append(labels)
     if not clips:
-        raise DatasetError(f"error: none of the {count} clips of {type(dataset).__name__} is usable "
+        raise DatasetError(f"none of the {count} clips of {type(dataset).__name__} is usable "
                            f"(first reason: {skipped[0][1] if skipped else 'empty dataset'})")
     xy, visible, lengths = _pad(clips)
     return dict(xy=xy, visible=visible, lengths=lengths, glosses=glosses, skipped=skipped)
@@ -188,12 +188,12 @@ class Recognizer:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise FileNotFoundError(f"error: recogniser file {path} does not exist") from None
+            raise FileNotFoundError(f"recogniser file {path} does not exist") from None
         except Exception as exc:
-            raise ValueError(f"error: {path} is not a loadable recogniser ({type(exc).__name__}: {exc})") from None
+            raise ValueError(f"{path} is not a loadable recogniser ({type(exc).__name__}: {exc})") from None
         missing = [k for k in ("format_version", "spec", "vocab", "num_points", "state_dict") if k not in payload]
         if missing or payload["format_version"] != FORMAT_VERSION:
-            raise ValueError(f"error: {path}: missing keys {missing} or format version "
+            raise ValueError(f"{path}: missing keys {missing} or format version "
                              f"{payload.get('format_version')!r} != {FORMAT_VERSION}")
         spec = RecognizerSpec(**payload["spec"])
         model = PoseCTCRecognizer(payload["num_points"], len(payload["vocab"]), spec.width, spec.depth,
@@ -233,7 +233,7 @@ def train_recognizer(train, spec: RecognizerSpec = RecognizerSpec(), log_every_s
         tgt = [targets[i] for i in batch.tolist()]
         loss = F.ctc_loss(log_probs, torch.cat(tgt), lens, torch.tensor([len(x) for x in tgt]), blank=BLANK)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"error: recogniser loss {loss.item()} at step {step} (clips {batch.tolist()})")
+            raise FloatingPointError(f"recogniser loss {loss.item()} at step {step} (clips {batch.tolist()})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -255,7 +255,7 @@ def recognizer_scores(recognizer: Recognizer, pose_xy, pose_visible, glosses: li
     normalised; they read as no glosses, so they score WER 1)."""
     predictions = recognizer.decode(pose_xy, pose_visible, lengths)
     if len(predictions) != len(glosses):
-        raise ValueError(f"error: {len(predictions)} clips but {len(glosses)} gloss lists")
+        raise ValueError(f"{len(predictions)} clips but {len(glosses)} gloss lists")
     read = [p if p is not None else [] for p in predictions]
     n = max(len(read), 1)
     return dict(gloss_wer=sum(gloss_wer(p, list(r)) for p, r in zip(read, glosses)) / n,
@@ -298,7 +298,7 @@ def recognizer_path(cfg, train_dataset, spec: RecognizerSpec) -> str:
         item = train_dataset[index]
         for key in ("pose_xy", "pose_visible"):
             if key not in item:
-                raise DatasetError(f"error: item {index} of the {cfg.dataset} train split has no '{key}': the "
+                raise DatasetError(f"item {index} of the {cfg.dataset} train split has no '{key}': the "
                                    "recogniser needs keypoints (pose_xy, pose_visible) and glosses")
             h.update(np.ascontiguousarray(np.asarray(item[key])).tobytes())
         h.update("|".join(item.get("glosses", [])).encode())
@@ -335,7 +335,7 @@ def _pop_flags(argv: list[str]) -> tuple[list[str], dict, bool]:
             try:
                 spec[names[arg]] = int(value)
             except ValueError:
-                raise ValueError(f"error: {arg} expects an integer, got {value!r}") from None
+                raise ValueError(f"{arg} expects an integer, got {value!r}") from None
         else:
             rest.append(argv[i])
             i += 1
