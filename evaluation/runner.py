@@ -11,11 +11,16 @@ Conditions (each scored against the intended clip's ground truth):
 Plus `prompt_ranking_top1`: for each clip, the conditional denoising loss under its true caption
 vs 3 other captions (same timesteps and noise for all four), top-1 accuracy; chance is 25%.
 Real datasets have no tracker: they get PSNR/SSIM against the reference and prompt ranking.
+Every condition, synthetic or real, also gets `flicker_ratio` (per clip, against its reference) and
+`fvd`: the in-domain video distance (evaluation/video_distance.py) of the condition's clips to a
+disjoint pool of the split's other ground-truth clips; its floor is the `ground_truth` column (the
+evaluated clips' own renderings are another draw of that distribution).
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Callable
 
 import torch
@@ -25,14 +30,19 @@ from data import build_dataset
 from data.signer import sentence_trajectory
 from data.text import Tokenizer
 from diffusion.text2sign import Text2SignDiffusion, q_sample, training_target
-from evaluation.metrics import (NOISE_TOLERANCE, back_translate, dtw_hand_error, gloss_accuracy, gloss_wer, motion_ratio,
-                                noise_level, psnr, ssim)
+from evaluation.metrics import (NOISE_TOLERANCE, back_translate, dtw_hand_error, flicker_ratio, gloss_accuracy, gloss_wer,
+                                motion_ratio, noise_level, psnr, ssim)
 from evaluation.tracking import track_hands
+from evaluation.video_distance import clip_features, dataset_features, kernel_video_distance, load_or_train_encoder
 from pipeline import generate
 
 CONDITIONS = ("intended", "no_text", "shuffled", "ground_truth", "other_rendering")
 RANKING_TIMESTEPS = (5, 15, 25, 35, 45)  # spread over the schedule; scaled to num_timesteps
 RANKING_DISTRACTORS = 3
+# Ground-truth clips of the split (beyond the evaluated ones) that every condition's fvd is measured
+# against. Rendering and encoding them is cheap next to sampling, and a large pool leaves the
+# figure's spread to the generated side (docs/experiments.md, the fvd stability row).
+FVD_REFERENCE_CLIPS = 1024
 
 
 class _NoText(torch.nn.Module):
@@ -48,7 +58,8 @@ class _NoText(torch.nn.Module):
 
 def score_synthetic(videos: torch.Tensor, refs: list[dict[str, Any]]) -> dict[str, float]:
     """Mean sign-fidelity metrics of generated `videos` (B,3,T,H,W) against reference samples."""
-    totals = dict(gloss_accuracy=0.0, gloss_wer=0.0, dtw_hand_error=0.0, noise_level=0.0, motion_ratio=0.0)
+    totals = dict(gloss_accuracy=0.0, gloss_wer=0.0, dtw_hand_error=0.0, noise_level=0.0, motion_ratio=0.0,
+                  flicker_ratio=0.0)
     for video, ref in zip(videos, refs):
         xy, found = track_hands(video)
         pred = back_translate(xy, found)
@@ -57,6 +68,7 @@ def score_synthetic(videos: torch.Tensor, refs: list[dict[str, Any]]) -> dict[st
         totals["dtw_hand_error"] += dtw_hand_error(xy, ref["hand_xy"].numpy(), found, ref["hand_visible"].numpy())
         totals["noise_level"] += noise_level(video, ref["video"])
         totals["motion_ratio"] += motion_ratio(xy, ref["hand_xy"].numpy(), found, ref["hand_visible"].numpy())
+        totals["flicker_ratio"] += flicker_ratio(video, ref["video"])
     return {k: v / len(refs) for k, v in totals.items()}
 
 
@@ -71,7 +83,39 @@ def canonical_dtw_floor(refs: list[dict[str, Any]], num_frames: int) -> float:
 
 def score_real(videos: torch.Tensor, refs: list[dict[str, Any]]) -> dict[str, float]:
     return dict(psnr=sum(psnr(v, r["video"]) for v, r in zip(videos, refs)) / len(refs),
-                ssim=sum(ssim(v, r["video"]) for v, r in zip(videos, refs)) / len(refs))
+                ssim=sum(ssim(v, r["video"]) for v, r in zip(videos, refs)) / len(refs),
+                flicker_ratio=sum(flicker_ratio(v, r["video"]) for v, r in zip(videos, refs)) / len(refs))
+
+
+def fvd_reference_pool(cfg: Config, split: str, num_evaluated: int,
+                       num_clips: int = FVD_REFERENCE_CLIPS) -> tuple[Any, list[int]]:
+    """(dataset, indices): ground-truth clips num_evaluated … num_evaluated + M - 1 of `split`, disjoint
+    from the evaluated ones (M = num_clips, or what a real split has left; may be 0)."""
+    if cfg.dataset == "synthetic":
+        from data.synthetic import SyntheticSignDataset
+
+        # Sample i is a pure function of (seed, split, i): a longer split has the same first clips.
+        dataset = SyntheticSignDataset(split, num_evaluated + num_clips, cfg.num_frames, cfg.frame_size_px, cfg.seed)
+    else:
+        dataset = build_dataset(cfg, split)
+    return dataset, list(range(num_evaluated, min(len(dataset), num_evaluated + num_clips)))
+
+
+def video_distances(videos: dict[str, torch.Tensor], cfg: Config, split: str,
+                    log: Callable[[str], None] = print) -> tuple[dict[str, float], int]:
+    """({condition: fvd of its clips (N, 3, T, H, W) to the split's reference pool}, pool size); NaN
+    for every condition when the split has fewer than 2 clips beyond the evaluated ones."""
+    started = time.time()
+    dataset, pool = fvd_reference_pool(cfg, split, len(next(iter(videos.values()))))
+    if len(pool) < 2:
+        log(f"fvd: the {split} split has {len(pool)} clips beyond the evaluated ones; it needs 2 or more "
+            "(evaluate fewer clips with --num-clips): reporting NaN")
+        return {cond: float("nan") for cond in videos}, len(pool)
+    encoder = load_or_train_encoder(cfg, log)
+    ref_feats = dataset_features(encoder, dataset, pool)
+    fvd = {cond: kernel_video_distance(clip_features(encoder, v), ref_feats) for cond, v in videos.items()}
+    log(f"fvd: {len(videos)} conditions against {len(pool)} reference clips in {time.time() - started:.1f} s")
+    return fvd, len(pool)
 
 
 @torch.no_grad()
@@ -138,13 +182,15 @@ def evaluate_model(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokeni
         + ("" if start_t is None else f" from the references noised to t={start_t}") + " ...")
     init = None if start_t is None else torch.stack([r["video"] for r in refs])
     start = dict(seed=seed, init=init, start_t=start_t)
-    results["intended"] = score(generate(model, diffusion, tokenizer, captions, cfg, **start), refs)
-    results["no_text"] = score(generate(_NoText(model), diffusion, tokenizer, captions, cfg,
-                                        guidance_scale=1.0, **start), refs)
-    results["shuffled"] = score(generate(model, diffusion, tokenizer, shuffled, cfg, **start), refs)
-    results["ground_truth"] = score(torch.stack([r["video"] for r in refs]), refs)
+    videos = dict(intended=generate(model, diffusion, tokenizer, captions, cfg, **start),
+                  no_text=generate(_NoText(model), diffusion, tokenizer, captions, cfg, guidance_scale=1.0, **start),
+                  shuffled=generate(model, diffusion, tokenizer, shuffled, cfg, **start),
+                  ground_truth=torch.stack([r["video"] for r in refs]))
     if synthetic:
-        results["other_rendering"] = score(torch.stack([dataset.rerender(i) for i in range(n)]), refs)
+        videos["other_rendering"] = torch.stack([dataset.rerender(i) for i in range(n)])
+    fvd, pool_size = video_distances(videos, cfg, split, log)
+    for cond, video in videos.items():
+        results[cond] = dict(score(video, refs), fvd=fvd[cond])
     results["prompt_ranking_top1"] = prompt_ranking(model, diffusion, tokenizer, refs, cfg, seed)
     if synthetic:
         results["canonical_dtw_floor"] = canonical_dtw_floor(refs, cfg.num_frames)
@@ -152,7 +198,7 @@ def evaluate_model(model: torch.nn.Module, diffusion: Text2SignDiffusion, tokeni
         results["pose_rmse_px"] = pose_error_px(model, tokenizer, refs, cfg)
     results["meta"] = dict(split=split, num_clips=n, sampler=cfg.sampler, sampling_steps=cfg.sampling_steps,
                            ddim_eta=cfg.ddim_eta, guidance_scale=cfg.guidance_scale, seed=seed,
-                           start_t=start_t)
+                           start_t=start_t, fvd_reference_clips=pool_size)
     return results
 
 
@@ -168,6 +214,11 @@ def format_table(results: dict[str, Any]) -> str:
     if "noise_level" in results["intended"]:
         lines.append(f"{'noise tolerance':<16}{NOISE_TOLERANCE:>16.4f}   (one 8-bit level; the long-run "
                      f"target is noise_level <= {2 * NOISE_TOLERANCE:.4f})")
+    if "fvd" in results["intended"]:
+        lines.append(f"{'fvd floor':<16}{results['ground_truth']['fvd']:>16.4f}   (ground_truth column: "
+                     f"another draw of the split's ground truth against the same {results['meta']['fvd_reference_clips']} "
+                     "reference clips; unbiased, so ~0 of either sign at the floor)")
+        lines.append(f"{'flicker floor':<16}{1.0:>16.4f}   (flicker_ratio of the ground truth: as steady as the data)")
     if "canonical_dtw_floor" in results:
         lines.append(f"{'dtw floor':<16}{results['canonical_dtw_floor']:>16.4f}   (DTW hand error of the "
                      "canonical track the text implies: centred body, no style or timing jitter)")
