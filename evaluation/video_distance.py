@@ -39,7 +39,7 @@ import torch.nn.functional as F
 # synthetic default (16 frames x 32 px) trains in well under a minute on 2 cores.
 ENCODER_RECIPE: dict[str, Any] = dict(
     version=2, channels=(16, 32, 64), feature_dim=64, train_clips=4096, heldout_clips=256, epochs=6,
-    batch_size=32, lr=3e-3, weight_decay=1e-4, seed=0, max_vocab=512, min_label_clips=2)
+    batch_size=32, lr=3e-3, weight_decay=1e-4, seed=0, max_vocab=512)
 
 _WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")  # letters/digits, keeping THANK-YOU and don't whole
 
@@ -171,21 +171,20 @@ def _multi_hot(labels: list[list[str]], vocab: list[str]) -> torch.Tensor:
     return out
 
 
-def build_vocab(labels: list[list[str]], max_vocab: int, min_label_clips: int) -> list[str]:
-    """The most frequent labels (in at least `min_label_clips` clips; ties alphabetical)."""
+def build_vocab(labels: list[list[str]], max_vocab: int) -> list[str]:
+    """The `max_vocab` labels in most clips (ties alphabetical)."""
     counts = Counter(w for words in labels for w in words)
-    ranked = sorted((w for w, c in counts.items() if c >= min_label_clips), key=lambda w: (-counts[w], w))
-    return ranked[:max_vocab]
+    return sorted(counts, key=lambda w: (-counts[w], w))[:max_vocab]
 
 
 def train_encoder(train_clips: torch.Tensor, train_labels: list[list[str]], recipe: dict[str, Any],
                   log: Callable[[str], None] = print) -> TrainedEncoder:
     """Train a VideoEncoder on uint8 clips (N, T, H, W, 3) and their label lists. Deterministic: the
     init and the data order come from generators seeded by recipe["seed"]."""
-    vocab = build_vocab(train_labels, recipe["max_vocab"], recipe["min_label_clips"])
+    vocab = build_vocab(train_labels, recipe["max_vocab"])
     if not vocab:
-        raise ValueError(f"error: no label occurs in {recipe['min_label_clips']} or more of the "
-                         f"{len(train_labels)} training clips; the video encoder has nothing to learn")
+        raise ValueError(f"error: the {len(train_labels)} training clips have no glosses or caption words; "
+                         "the video encoder has nothing to learn")
     targets = _multi_hot(train_labels, vocab)
     torch.manual_seed(recipe["seed"])  # parameter init; the caller's RNG state is restored below
     model = VideoEncoder(len(vocab), recipe["channels"], recipe["feature_dim"])
@@ -224,10 +223,12 @@ def label_accuracy(encoder: TrainedEncoder, clips: torch.Tensor, labels: list[li
     return dict(exact_set_accuracy=float((pred == truth).all(1).float().mean()), micro_f1=float(f1))
 
 
-def _fingerprint(clips: torch.Tensor, labels: list[list[str]]) -> str:
-    """Hash of the first training clips' pixels and labels: a changed renderer or dataset retrains."""
-    h = hashlib.sha256(clips[:8].numpy().tobytes())
-    h.update(json.dumps(labels[:64]).encode())
+def _fingerprint(dataset, indices: list[int]) -> str:
+    """Hash of the first training clips' pixels and labels: a changed renderer or dataset retrains.
+    A few clips only, so finding a cached encoder costs no more than loading it."""
+    clips, labels = _load_clips(dataset, indices[:8])
+    h = hashlib.sha256(clips.numpy().tobytes())
+    h.update(json.dumps(labels).encode())
     return h.hexdigest()[:16]
 
 
@@ -258,17 +259,18 @@ def load_or_train_encoder(cfg, log: Callable[[str], None] = print, recipe: dict[
     ground-truth training clips (its held-out accuracy logged) and saved atomically."""
     recipe = dict(ENCODER_RECIPE if recipe is None else recipe)
     train_set, heldout_set = _datasets(cfg, recipe)
-    train_clips, train_labels = _load_clips(train_set, _spread(recipe["train_clips"], len(train_set)))
+    train_indices = _spread(recipe["train_clips"], len(train_set))
     shape = dict(dataset=cfg.dataset, data_root=os.path.abspath(cfg.data_root) if cfg.data_root else "",
                  seed=cfg.seed, num_frames=cfg.num_frames, frame_size_px=cfg.frame_size_px,
                  num_train_samples=len(train_set), sample_fps=getattr(cfg, "sample_fps", 0.0),
                  text_field=getattr(cfg, "text_field", ""), signer_disjoint=getattr(cfg, "signer_disjoint", False),
-                 recipe=recipe, data=_fingerprint(train_clips, train_labels))
+                 recipe=recipe, data=_fingerprint(train_set, train_indices))
     key = hashlib.sha256(json.dumps(shape, sort_keys=True, default=list).encode()).hexdigest()[:16]
     folder = cache_dir or encoder_cache_dir(cfg)
     path = os.path.join(folder, f"video_encoder_{cfg.dataset}_{key}.pt")
     if os.path.isfile(path):
         return _load(path)
+    train_clips, train_labels = _load_clips(train_set, train_indices)
     log(f"training the video encoder for fvd on {len(train_clips)} {cfg.dataset} ground-truth training "
         f"clips (once; cached as {path}) ...")
     rng_state = torch.get_rng_state()

@@ -64,14 +64,19 @@ def test_encoder_training_is_deterministic_and_leaves_the_callers_rng_alone(tmp_
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_encoder_is_cached_and_reloads_the_same_features(tmp_path):
+def test_encoder_is_cached_and_reloads_the_same_features(tmp_path, monkeypatch):
+    import evaluation.video_distance as vd
+
     cfg, logs = _cfg(tmp_path), []
     recipe = dict(TINY, epochs=1, train_clips=64)
     first = load_or_train_encoder(cfg, log=logs.append, recipe=recipe)
     assert any("held-out ground truth" in line and "accuracy" in line for line in logs)  # printed when it trains
     logs.clear()
+    loaded, load_clips = [], vd._load_clips
+    monkeypatch.setattr(vd, "_load_clips", lambda ds, idx: loaded.append(len(idx)) or load_clips(ds, idx))
     second = load_or_train_encoder(cfg, log=logs.append, recipe=recipe)
-    assert not logs  # loaded, not retrained
+    assert not logs and sum(loaded) <= 8  # loaded, not retrained; a hit reads only the fingerprint's clips
+    monkeypatch.undo()
     probe = _clips("test", 4)
     assert torch.equal(clip_features(first, probe), clip_features(second, probe))
     # What shapes the encoder is in the key: another recipe trains another one.
@@ -110,3 +115,22 @@ def test_kernel_distance_is_unbiased_and_checks_its_input():
 def test_encoder_rejects_a_wrong_shape():
     with pytest.raises(ValueError, match=r"\(B, 3, T, H, W\)"):
         VideoEncoder(4).features(torch.zeros(2, 8, 3, 16, 16))
+
+
+def test_fvd_on_a_real_dataset_learns_caption_words_and_needs_a_pool(tmp_path):
+    import tests.real_fixtures as fx
+    from evaluation.runner import video_distances
+
+    fx.write_how2sign(str(tmp_path / "h2s"), missing_clip=False, truncated_clip=False)
+    cfg = make_config("tiny", dict(dataset="how2sign", data_root=str(tmp_path / "h2s"), cache_dir=str(tmp_path / "cache"),
+                                   num_frames=FRAMES, frame_size_px=SIZE, patch_size_px=4, pose_cond=False))
+    logs = []
+    train = torch.stack([_clips("train", 1)[0]] * 2)  # two "generated" clips: the pool is the other two
+    fvd, pool = video_distances(dict(intended=train), cfg, "train", log=logs.append)
+    assert pool == 2 and fvd["intended"] == fvd["intended"]  # finite
+    assert any("held-out ground truth (2 clips)" in line for line in logs)  # trained on How2Sign's own clips
+    encoder = load_or_train_encoder(cfg, log=logs.append)
+    assert {"jane", "kite", "string"} <= set(encoder.vocab) and "." not in encoder.vocab
+    logs.clear()
+    fvd, pool = video_distances(dict(intended=train), cfg, "val", log=logs.append)  # val has 2 clips: none left
+    assert pool == 0 and fvd["intended"] != fvd["intended"] and "needs 2 or more" in logs[0]
