@@ -237,8 +237,8 @@ def bench_sample(cfg, device, model, batch: dict, quick: bool) -> dict:
     bare = {False: lambda: model(x, t, tokens, mask), True: lambda: model(x2, t2, tokens2, mask2, drop2)}
     out = {"clips_per_batch": clips}
     # A sampling run and a loop of as many bare forwards, interleaved and repeated: the ratio of the
-    # two is then immune to the machine's speed drifting between measurements (a single median of
-    # 3 bare forwards swung the ratio between 0.88 and 1.28 on a busy 2-core machine).
+    # two is then immune to the machine's speed drifting between measurements (a single median of a
+    # few bare forwards swung the ratio widely on a busy 2-core machine: docs/performance.md).
     repeats = 1 if quick else 3
     with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         forward_s = timed(bare[False])

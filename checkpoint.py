@@ -21,7 +21,7 @@ from typing import Any, Callable, IO
 import numpy as np
 import torch
 
-from integrity import RECORD_KEY, integrity_mismatch, integrity_record, nonfinite_tensor, pid_alive
+from integrity import RECORD_KEY, integrity_mismatch, integrity_record, nonfinite_tensor
 
 # 2: the pose stage predicts keypoints with visibility, and removed options are gone from the config.
 # 3: an integrity record (integrity.py) of every entry; version 2 (no record) is still read.
@@ -35,7 +35,8 @@ _PREFIXES = ("module.", "_orig_mod.")
 # Config keys that shape the model's parameters.
 PARAMETER_KEYS = ("model_size", "num_frames", "frame_size_px", "patch_size_px", "tubelet_frames",
                   "mlp_ratio", "text_depth", "frame_cond_depth", "max_text_len_tokens", "decoder_channels",
-                  "final_norm", "residual_input", "pose_cond", "pose_skeleton")
+                  "final_norm", "residual_input", "pose_cond", "pose_skeleton", "refine_channels",
+                  "refine_layers")
 # Config keys that give the network's output its meaning: the same weights under another schedule or
 # prediction type are another model.
 OUTPUT_KEYS = ("prediction_type", "sigma_data", "num_timesteps", "beta_schedule", "zero_terminal_snr")
@@ -48,12 +49,54 @@ def model_config_mismatch(saved: dict[str, Any], cfg) -> dict[str, tuple[Any, An
     return {k: (saved.get(k), getattr(cfg, k)) for k in MUST_MATCH if saved.get(k) != getattr(cfg, k)}
 
 
+_TEMP_FILE = re.compile(r"^\.tmp_(?P<name>.+)_(?P<pid>\d+)$")  # what atomic_write names its temp files
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """The temp file `atomic_write` fills for `path`: hidden, beside it, named by this process's PID."""
+    path = Path(path)
+    return path.with_name(f".tmp_{path.name}_{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except PermissionError:  # it exists, owned by another user
+        return True
+    except (ProcessLookupError, OverflowError):  # no such process (or no PID could be this large)
+        return False
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files `atomic_write` left in `folder` for processes that are gone (a kill -9,
+    a power loss mid-write): they are never valid files and can be as large as one. A live process's
+    are kept, it may still be writing them. Returns the removed paths."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMP_FILE.match(name)
+        if match and not _pid_alive(int(match.group("pid"))):
+            path = Path(folder) / name
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:  # another process removed it first, or a read-only folder: not ours to fix
+                pass
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Write `path` all or nothing: `write(fh)` fills a temp file in the same folder, which is flushed,
     fsynced and renamed over `path`; the folder is fsynced so the rename survives a power loss. On any
     failure the temp file is removed and `path` keeps its previous content."""
     path = Path(path)
-    tmp = path.with_name(f".tmp_{path.name}_{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as fh:
             write(fh)
@@ -176,21 +219,6 @@ def is_loadable(path: Path) -> bool:
     return _VERIFIED[key]
 
 
-def _remove_stale_temp_files(folder: Path) -> None:
-    """Temp files of a process killed mid-save (SIGKILL, power loss) are never valid checkpoints and
-    can be as large as one: remove them so they cannot fill the disk over repeated crashes. Those
-    of a live process are kept (it may be writing them), and a folder we cannot clean (read-only)
-    must not hide the error the save itself will report."""
-    for stale in folder.glob(".tmp_ckpt_*.pt_*"):
-        pid = stale.name.rsplit("_", 1)[-1]
-        if pid.isdigit() and pid_alive(int(pid)):
-            continue
-        try:
-            stale.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
 def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any], keep: int) -> Path:
     """Write `state` atomically as checkpoints/ckpt_{step:08d}.pt with its integrity record, and keep
     the newest `keep` checkpoints that load (one that does not is never counted).
@@ -215,7 +243,7 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any], keep: int
     state = {**state, RECORD_KEY: integrity_record(state)}
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temp_files(folder)
+        remove_stale_temp_files(folder)  # so repeated crashes mid-save cannot fill the disk
         atomic_write(final, lambda fh: torch.save(state, fh))
     except BaseException as exc:
         previous = next((p for p in checkpoint_paths(run_dir) if p != final), None)

@@ -11,7 +11,7 @@ import difflib
 import math
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import yaml
@@ -67,6 +67,8 @@ class Config:
     text_depth: int = 2  # layers of the text transformer
     frame_cond_depth: int = 2  # layers of the text -> per-frame adaLN decoder (FrameAligner); 0 = off (row 18)
     decoder_channels: int = 8  # channels of x_up, the pixel-space features before the final projection (row 13)
+    refine_channels: int = 0  # channels of the full-resolution conv path beside the head; 0 = off
+    refine_layers: int = 3  # 3x3 conv layers of that path
     final_norm: str = "group"  # group | batch: normalization in the final projection (the original head used batch)
     output_scale_init: float = 0.5  # initial value of the learnable output_scale on the head's output
     temporal_modulation_weight: float = 0.5  # weight of the adaLN shift/scale from the timestep+text condition
@@ -142,10 +144,10 @@ POSITIVE = (
     "patch_size_px", "tubelet_frames", "mlp_ratio", "text_depth", "decoder_channels", "num_timesteps",
     "sampling_steps", "max_steps", "batch_size", "grad_accum_steps", "lr", "log_every_steps",
     "checkpoint_every_steps", "num_sample_prompts", "weight_min_snr", "weight_max_snr",
-    "min_snr_gamma", "cpu_streams", "sigma_data", "grad_clip_norm", "subword_vocab_size",
+    "min_snr_gamma", "cpu_streams", "sigma_data", "grad_clip_norm", "subword_vocab_size", "refine_layers",
 )
 NON_NEGATIVE = (
-    "num_threads", "num_workers", "sample_fps", "warmup_steps", "weight_decay",
+    "num_threads", "num_workers", "sample_fps", "warmup_steps", "weight_decay", "refine_channels",
     "sample_every_steps", "motion_loss_weight", "timestep_sampling_power", "frame_cond_depth",
     "min_lr_ratio", "ddim_eta", "pose_loss_weight", "max_bad_clip_fraction",
     "output_scale_init", "temporal_modulation_weight", "seed",

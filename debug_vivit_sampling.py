@@ -3,11 +3,17 @@
     python debug_vivit_sampling.py --experiment demo
     python debug_vivit_sampling.py --checkpoint PATH --prompt "hello thank you" --sampler ddpm --json stats.json
 
+    python debug_vivit_sampling.py --experiment demo --pose_only   # text -> pose only, milliseconds
+
 Writes under --out (default outputs/debug_sampling/<experiment>): one GIF and one MP4 per prompt
-(its samples side by side), grid.png (rows = prompts, columns = frames), x0_strip_XX.png per prompt
-(rows = the predicted clean video at chosen reverse steps, columns = frames). Prints one row per
-reverse step and warns on blow-ups, saturation, leftover noise and flicker in the final videos. Sampling goes
-through pipeline.generate with a callback: the same sampler as training and evaluation.
+(its samples side by side) and, for a model with a pose stage, the predicted skeleton as a `.pose`
+file beside them (pose-format: `visualize_pose -i F.pose -o F.mp4` draws it); grid.png (rows =
+prompts, columns = frames); with the default prompts (dataset captions) vs_truth.png, each sample's
+row above the same caption's ground-truth rendering; x0_strip_XX.png per prompt (rows = the
+predicted clean video at chosen reverse steps, columns = frames). Prints one row per reverse step and
+warns on blow-ups, saturation, leftover noise and flicker in the final videos. Sampling goes through
+pipeline.generate with a callback: the same sampler as training and evaluation. `--pose_only` runs
+the pose stage alone and writes the `.pose` files (no video is denoised).
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ from tqdm import tqdm
 from data import build_dataset
 from data.video_io import to_uint8_frames, upscale
 from diffusion.gaussian import predict_eps_from_x0
-from pipeline import add_run_arguments, first_clips, generate, load_run, save_samples
+from data.pose_io import write_pose
+from pipeline import add_run_arguments, first_clips, generate, load_run, predict_keypoints, save_samples
 
 # Warning thresholds (units in the names). Data statistics are measured on the val clips of the run.
 BLOWUP_STD = 3.0  # x_t std above this at any step: the reverse process is diverging (x_T has std 1)
@@ -52,6 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--strip_steps", type=cli.positive(int), default=6, help="reverse steps shown in each x0 strip")
     p.add_argument("--fps", type=cli.positive(int), default=8, help="frames per second of the written videos")
     p.add_argument("--out", help="output folder (default outputs/debug_sampling/<experiment>)")
+    p.add_argument("--pose_only", action="store_true",
+                   help="run the pose stage alone: text -> keypoints as .pose files, no video denoised")
     args = p.parse_args(argv)
     if args.eta is not None and args.eta < 0:
         p.error(f"argument --eta: expected a number >= 0, got {args.eta}")
@@ -105,11 +114,14 @@ def main(argv: list[str]) -> int:
     if args.sampler is None and cfg.sampler == "ddpm" and args.steps is not None:
         args.error("argument --steps: this run samples with ddpm, which always runs num_timesteps steps; "
                    "drop --steps or use --sampler ddim")
-    val = build_dataset(cfg, "val")
-    prompts = args.prompt or list(val.captions[:2]) + list(build_dataset(cfg, "test").captions[:2])
+    val, test = build_dataset(cfg, "val"), build_dataset(cfg, "test")
+    prompts = args.prompt or list(val.captions[:2]) + list(test.captions[:2])
+    truth = None if args.prompt else [val[0]["video"], val[1]["video"], test[0]["video"], test[1]["video"]]
     sampler = args.sampler or cfg.sampler
     steps = cfg.num_timesteps if sampler == "ddpm" else (args.steps or cfg.sampling_steps)
     out = Path(args.out or Path("outputs") / "debug_sampling" / (args.experiment or Path(args.checkpoint).stem))
+    if args.pose_only:
+        return pose_only(run, prompts, out, args)
     batch = [p for p in prompts for _ in range(args.num_samples)]  # prompt-major: sample j of prompt i
     print(f"Checkpoint {run.path}: step {run.step}, {'raw' if args.raw else 'EMA'} weights, "
           f"{cfg.prediction_type} prediction; {sampler} {steps} steps, eta "
@@ -201,15 +213,24 @@ def main(argv: list[str]) -> int:
 
     # --- files ------------------------------------------------------------------------------------
     files = []
+    poses = predict_keypoints(run.model, run.tokenizer, prompts, cfg) if cfg.pose_cond else None
     for i, prompt in enumerate(prompts):
         clips = videos[i * args.num_samples:(i + 1) * args.num_samples]
         files += save_samples(out / f"prompt_{i:02d}_{slug(prompt)}", clips, fps=args.fps)
+        if poses is not None:
+            write_pose(str(out / f"prompt_{i:02d}_{slug(prompt)}.pose"), poses[0][i], poses[1][i], args.fps,
+                       (cfg.frame_size_px, cfg.frame_size_px))
+            files.append(out / f"prompt_{i:02d}_{slug(prompt)}.pose")
         rows = strips.get(i * args.num_samples, [])
         if rows:
             tile_png(out / f"x0_strip_{i:02d}.png", [clip for _, clip in rows])
             files.append(out / f"x0_strip_{i:02d}.png")
     tile_png(out / "grid.png", [videos[i * args.num_samples] for i in range(len(prompts))])
     files.append(out / "grid.png")
+    if truth is not None:  # each sample above the ground-truth rendering of the same caption
+        tile_png(out / "vs_truth.png", [clip for i in range(len(prompts))
+                                        for clip in (videos[i * args.num_samples], truth[i])])
+        files.append(out / "vs_truth.png")
     strip_ts = [t for t, _ in strips.get(0, [])]
     (out / "prompts.txt").write_text("".join(f"{i:02d}\t{p}\n" for i, p in enumerate(prompts)) +
                                      f"x0 strip rows: t = {strip_ts}\n")
@@ -226,6 +247,27 @@ def main(argv: list[str]) -> int:
                            files=[str(f) for f in files], wall_s=wall), fh, indent=1)
         print(f"wrote {args.json}")
     return 1 if blown else 0
+
+
+def pose_only(run, prompts: list[str], out: Path, args) -> int:
+    """Text -> the pose stage's keypoints, one .pose file per prompt; no video is denoised."""
+    cfg = run.cfg
+    if not cfg.pose_cond:
+        print(f"error: --pose_only: checkpoint {run.path} has no pose stage (pose_cond false)", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        xy, visible = predict_keypoints(run.model, run.tokenizer, prompts, cfg)
+    except ValueError as exc:  # an empty prompt, or one with no known word
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    elapsed_ms = (time.perf_counter() - t0) * 1e3
+    for i, prompt in enumerate(prompts):
+        path = out / f"prompt_{i:02d}_{slug(prompt)}.pose"
+        write_pose(str(path), xy[i], visible[i], args.fps, (cfg.frame_size_px, cfg.frame_size_px))
+        print(f"{path}  ({int(visible[i].any(0).sum())} of {visible.shape[-1]} points predicted visible)")
+    print(f"pose stage: {len(prompts)} prompts in {elapsed_ms:.1f} ms")
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,13 +7,11 @@ dtype, shape and raw bytes; plain values by type and repr; dicts in their order)
 recomputes it after loading and names the entry that changed.
 
 Also here: `nonfinite_tensor`, the finite-weights check every save runs first (a diverged model is
-never written over the last good one), and `pid_alive`, for temp files of processes that may still
-be writing them.
+never written over the last good one).
 """
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Any
 
 import torch
@@ -89,16 +87,3 @@ def nonfinite_tensor(state: dict[str, Any], keys: tuple[str, ...] = ("model", "e
         if found:
             return found
     return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (this one included)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except PermissionError:  # it exists, owned by another user
-        return True
-    except (ProcessLookupError, OverflowError, ValueError):
-        return False
-    return True

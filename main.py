@@ -37,7 +37,7 @@ from integrity import nonfinite_tensor
 from diffusion import build_diffusion, build_objective
 from limits import check_disk, check_memory
 from models import build_model
-from pipeline import generate, resolve_device, run_dir, save_samples
+from pipeline import generate, predict_keypoints, resolve_device, run_dir, save_samples
 from run_folder import RunFolder, trim_metrics
 from training import MetricsWindow, NonFiniteError, Trainer, choose_precision
 
@@ -202,7 +202,9 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
     def write_samples(step: int) -> None:
         if is_main and sample_prompts:
             videos = generate(trainer.ema.module, diffusion, tokenizer, sample_prompts, cfg, seed=cfg.seed)
-            paths = save_samples(out_dir / "samples" / f"step_{step:08d}", videos)
+            poses = predict_keypoints(trainer.ema.module, tokenizer, sample_prompts, cfg) if cfg.pose_cond else None
+            paths = save_samples(out_dir / "samples" / f"step_{step:08d}", videos, poses=poses,
+                                 frame_size_px=cfg.frame_size_px)
             write_text_atomic(out_dir / "samples" / f"step_{step:08d}.txt", "\n".join(sample_prompts) + "\n")
             log(f"samples at step {step}: {paths[0]}")
 

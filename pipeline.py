@@ -14,6 +14,8 @@ import cli
 from checkpoint import CheckpointError, load_checkpoint, load_latest, load_weights
 from config import Config, ConfigError, config_from_dict
 from data import build_dataset
+from data import skeleton
+from data.pose_io import write_pose
 from data.text import Tokenizer, check_prompts, tokenizer_from_state
 from data.video_io import to_uint8_frames, upscale, write_gif, write_mp4
 from diffusion import GaussianDiffusion, build_diffusion
@@ -154,6 +156,27 @@ def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, tokenizer: To
     return torch.cat(out)
 
 
+@torch.no_grad()
+def predict_keypoints(model: torch.nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: Config, *,
+                      no_text: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pose stage's skeleton for each prompt, on the CPU: xy (N, T, J, 2) in frame units and
+    visible (N, T, J) bool over data/skeleton.py's J points (those the stage does not predict are
+    invisible). `no_text`: the stage under the null text (the no-text control). Milliseconds: no
+    video is denoised."""
+    device = next(model.parameters()).device
+    tokens, mask = encode_prompts(tokenizer, prompts, cfg.max_text_len_tokens, device)
+    drop = torch.ones(len(prompts), dtype=torch.bool, device=device) if no_text else None
+    was_training = model.training
+    model.eval()
+    pred, pred_visible = model.predict_pose(tokens, mask, drop)
+    model.train(was_training)
+    xy = torch.zeros(len(prompts), cfg.num_frames, skeleton.NUM_POINTS, 2)
+    visible = torch.zeros(len(prompts), cfg.num_frames, skeleton.NUM_POINTS, dtype=torch.bool)
+    xy[:, :, model.pose_points] = pred.float().cpu()
+    visible[:, :, model.pose_points] = pred_visible.cpu()
+    return xy, visible
+
+
 def video_grid(videos: torch.Tensor, pad_px: int = 1) -> torch.Tensor:
     """(B,3,T,H,W) -> (3,T,H,B*W + gaps): clips side by side, separated by white columns."""
     b, c, t, h, w = videos.shape
@@ -163,8 +186,11 @@ def video_grid(videos: torch.Tensor, pad_px: int = 1) -> torch.Tensor:
     return grid
 
 
-def save_samples(stem: str | os.PathLike, videos: torch.Tensor, fps: int = 8, scale: int = 4) -> list[Path]:
-    """Write a side-by-side grid of `videos` as stem.gif and stem.mp4; returns the paths."""
+def save_samples(stem: str | os.PathLike, videos: torch.Tensor, fps: int = 8, scale: int = 4,
+                 poses: tuple[torch.Tensor, torch.Tensor] | None = None, frame_size_px: int = 0) -> list[Path]:
+    """Write a side-by-side grid of `videos` as stem.gif and stem.mp4, and with `poses` (xy (N, T, J, 2),
+    visible (N, T, J) from predict_keypoints) each video's predicted skeleton as stem_pNN.pose
+    (pose-format, frames of frame_size_px); returns the paths."""
     grid = video_grid(videos)
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -172,4 +198,9 @@ def save_samples(stem: str | os.PathLike, videos: torch.Tensor, fps: int = 8, sc
     frames = upscale(to_uint8_frames(grid), scale)
     write_gif(str(gif), frames, fps=fps)
     write_mp4(str(mp4), frames, fps=fps)
-    return [gif, mp4]
+    paths = [gif, mp4]
+    for i, (xy, visible) in enumerate(zip(*poses) if poses is not None else ()):
+        path = stem.with_name(f"{stem.name}_p{i:02d}.pose")
+        write_pose(str(path), xy, visible, fps, (frame_size_px, frame_size_px))
+        paths.append(path)
+    return paths

@@ -5,9 +5,9 @@
     python quick_test_fixes.py --checkpoint PATH --raw --timesteps 0,10,25,49 --json out.json
 
 Self-check (no model given): trains the fixed denoiser and the historical variant (residual_input=True,
-the seed's `out = final_conv(x_up) + x`) the same short way on the built-in synthetic dataset and
+the historical `out = final_conv(x_up) + x`) the same short way on the built-in synthetic dataset and
 prints both tables side by side. Exit code 0 when the fixed model passes and the historical one is
-caught with the seed's signature; with a model: 0 when it passes, 1 otherwise; 2 on bad arguments.
+caught with its historical signature; with a model: 0 when it passes, 1 otherwise; 2 on bad arguments.
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def self_check(args) -> tuple[dict, int]:
     wall = time.perf_counter() - t_start
     print(f"Self-check {'PASSED' if exit_ok else 'FAILED'}: fixed model "
           f"{'passes' if fixed['passed'] else 'fails'}, historical model "
-          f"{'shows' if hist['signature'] else 'does NOT show'} the seed's signature "
+          f"{'shows' if hist['signature'] else 'does NOT show'} the historical signature "
           f"({wall:.0f} s wall)")
     return dict(mode="self_check", config=base.to_dict(), steps=args.steps, wall_s=wall,
                 models=report, passed=exit_ok), 0 if exit_ok else 1

@@ -20,8 +20,7 @@ import socket
 import time
 from pathlib import Path
 
-from checkpoint import write_text_atomic
-from integrity import pid_alive
+from checkpoint import _pid_alive as pid_alive, write_text_atomic  # one liveness rule for temp files and locks
 
 LOCK_NAME = ".lock"
 # A holder that has exited but whose lock is still held is a forked child on its way out (it closes

@@ -8,6 +8,7 @@ number of DataLoader workers, and torchrun ranks take disjoint slices of the sam
 """
 from __future__ import annotations
 
+import os
 import signal
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -33,6 +34,15 @@ def build_dataset(cfg: Config, split: str) -> Dataset:
     from data.real import build_real_dataset
 
     return build_real_dataset(cfg, split)
+
+
+def derived_cache_dir(cfg: Config) -> str:
+    """Where files trained from a dataset's ground truth are kept (the video encoder of the fvd
+    metric, the pose recogniser): real data beside its preprocessing cache, synthetic data under
+    <output_dir>/.text2sign_cache. Each file is keyed by what shapes it."""
+    if cfg.dataset == "synthetic":
+        return os.path.join(cfg.output_dir, ".text2sign_cache")
+    return cfg.cache_dir or os.path.join(cfg.data_root, ".text2sign_cache")
 
 
 def check_dataset(cfg: Config, dataset: Dataset) -> None:

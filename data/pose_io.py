@@ -14,7 +14,6 @@ convert with the frame size, so a non-square frame keeps its aspect ratio in the
 """
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
@@ -22,6 +21,7 @@ from pose_format import Pose
 from pose_format.numpy import NumPyPoseBody
 from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions, PoseNormalizationInfo
 
+from checkpoint import atomic_write
 from data import skeleton
 from data.real.common import DatasetError
 
@@ -44,7 +44,7 @@ def skeleton_header(frame_wh_px: tuple[int, int]) -> PoseHeader:
     """The header of a reduced-skeleton `.pose` for frames of (width_px, height_px)."""
     width_px, height_px = (int(v) for v in frame_wh_px)
     if not (1 <= width_px <= _MAX_DIMENSION_PX and 1 <= height_px <= _MAX_DIMENSION_PX):
-        raise ValueError(f"error: frame size {frame_wh_px} px: width and height must be 1..{_MAX_DIMENSION_PX}")
+        raise ValueError(f"frame size {frame_wh_px} px: width and height must be 1..{_MAX_DIMENSION_PX}")
     component = PoseHeaderComponent(name=COMPONENT, points=list(skeleton.POINTS),
                                     limbs=[tuple(limb) for limb in skeleton.LIMBS],
                                     colors=_point_colours(), point_format="XYC")
@@ -60,13 +60,13 @@ def _check_arrays(xy, visible) -> tuple[np.ndarray, np.ndarray]:
     xy = np.asarray(xy.detach().cpu() if hasattr(xy, "detach") else xy, dtype=np.float32)
     visible = np.asarray(visible.detach().cpu() if hasattr(visible, "detach") else visible)
     if xy.ndim != 3 or xy.shape[1:] != (skeleton.NUM_POINTS, 2) or len(xy) < 1:
-        raise ValueError(f"error: pose xy must be (T >= 1, {skeleton.NUM_POINTS}, 2) in frame units, "
+        raise ValueError(f"pose xy must be (T >= 1, {skeleton.NUM_POINTS}, 2) in frame units, "
                          f"got shape {xy.shape}")
     if visible.shape != xy.shape[:2]:
-        raise ValueError(f"error: pose visibility must be (T, {skeleton.NUM_POINTS}) matching xy {xy.shape}, "
+        raise ValueError(f"pose visibility must be (T, {skeleton.NUM_POINTS}) matching xy {xy.shape}, "
                          f"got shape {visible.shape}")
     if not np.isfinite(xy[visible.astype(bool)]).all():
-        raise ValueError("error: pose xy has non-finite coordinates at visible points")
+        raise ValueError("pose xy has non-finite coordinates at visible points")
     return xy, visible.astype(bool)
 
 
@@ -74,7 +74,7 @@ def skeleton_pose(xy, visible, fps: float, frame_wh_px: tuple[int, int]) -> Pose
     """A pose-format Pose of one person from xy (T, J, 2) in frame units and visible (T, J) bool."""
     xy, visible = _check_arrays(xy, visible)
     if not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f"error: pose fps must be > 0, got {fps}")
+        raise ValueError(f"pose fps must be > 0, got {fps}")
     header = skeleton_header(frame_wh_px)
     scale = np.array([header.dimensions.width, header.dimensions.height], np.float32)
     # Invisible points may hold anything (NaN from a tracker): store 0 there, the mask hides them.
@@ -86,15 +86,8 @@ def skeleton_pose(xy, visible, fps: float, frame_wh_px: tuple[int, int]) -> Pose
 def write_pose(path: str, xy, visible, fps: float, frame_wh_px: tuple[int, int]) -> None:
     """Write a reduced-skeleton clip as `.pose` (atomically: a temp file, then os.replace)."""
     pose = skeleton_pose(xy, visible, fps, frame_wh_px)
-    buffer = io.BytesIO()
-    pose.write(buffer)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, pose.write)
 
 
 def read_pose(path: str) -> tuple[np.ndarray, np.ndarray, float, tuple[int, int]]:
@@ -104,19 +97,19 @@ def read_pose(path: str) -> tuple[np.ndarray, np.ndarray, float, tuple[int, int]
         with open(path, "rb") as f:
             pose = Pose.read(f.read())
     except FileNotFoundError:
-        raise DatasetError(f"error: pose file {path} does not exist") from None
+        raise DatasetError(f"pose file {path} does not exist") from None
     except Exception as exc:  # pose-format raises struct/index errors on a damaged file
-        raise DatasetError(f"error: {path} is not a readable .pose file ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(f"{path} is not a readable .pose file ({type(exc).__name__}: {exc})") from None
     names = [c.name for c in pose.header.components]
     if len(names) != 1 or names[0] != COMPONENT or tuple(pose.header.components[0].points) != skeleton.POINTS:
-        raise DatasetError(f"error: {path} holds components {names}, expected the single component {COMPONENT!r} "
+        raise DatasetError(f"{path} holds components {names}, expected the single component {COMPONENT!r} "
                            f"with the reduced skeleton's {skeleton.NUM_POINTS} points (data/skeleton.py)")
     width_px, height_px = pose.header.dimensions.width, pose.header.dimensions.height
     if width_px < 1 or height_px < 1:
-        raise DatasetError(f"error: {path} has frame dimensions {width_px}x{height_px}; expected >= 1 px")
+        raise DatasetError(f"{path} has frame dimensions {width_px}x{height_px}; expected >= 1 px")
     data = np.asarray(pose.body.data.data, np.float32)[:, 0]  # (T, J, 2) px
     if data.shape[0] == 0:
-        raise DatasetError(f"error: {path} has no frames")
+        raise DatasetError(f"{path} has no frames")
     visible = np.asarray(pose.body.confidence, np.float32)[:, 0] > 0
     xy = (data / np.array([width_px, height_px], np.float32)).astype(np.float32)
     return xy, visible, float(pose.body.fps), (int(width_px), int(height_px))

@@ -116,9 +116,15 @@ class SyntheticSignDataset(Dataset):
         """Another rendering of sample `index`'s sentence: same glosses, an independent style and
         timing/amplitude jitter. Video float32 (3, T, H, W) in [-1, 1]: what a perfect text-to-sign
         model could make, since the text fixes neither (the realistic ceiling of the metrics)."""
+        return self.rerender_item(index)["video"]
+
+    def rerender_item(self, index: int) -> dict:
+        """`rerender`'s clip with its skeleton: video, pose_xy (T, J, 2), pose_visible (T, J)."""
         rng = np.random.default_rng([self.seed % 2 ** 63, _RERENDER_SPLIT_ID, SPLIT_IDS[self.split], index])
         out = render_sentence(self.glosses_of(index), self.num_frames, self.frame_size_px, rng)
-        return torch.from_numpy(out["video"].transpose(3, 0, 1, 2).astype(np.float32) / np.float32(127.5) - 1)
+        video = torch.from_numpy(out["video"].transpose(3, 0, 1, 2).astype(np.float32) / np.float32(127.5) - 1)
+        return dict(video=video, pose_xy=torch.from_numpy(out["pose_xy"]),
+                    pose_visible=torch.from_numpy(out["pose_visible"]))
 
 
 def verify_splits(train: SyntheticSignDataset, test: SyntheticSignDataset) -> dict:

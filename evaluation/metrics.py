@@ -2,7 +2,8 @@
 
 Sign fidelity (synthetic signer, via `evaluation.tracking`): gloss accuracy / WER of the
 back-translated glosses, DTW hand-position error, hand-motion ratio. Image quality: `noise_level`
-(grain and flicker where the reference is flat and static), and PSNR / SSIM for real datasets.
+(grain and flicker where the reference is flat and static), `flicker_ratio` (whole-frame temporal
+change against the reference's), and PSNR / SSIM for real datasets.
 Videos are uint8 (T, H, W, 3) or float (3, T, H, W) in [-1, 1]; hand tracks are (T, 2, 2) [right,
 left] centres (x, y) in [0, 1] of the frame, so position errors are in units of the frame size.
 """
@@ -20,7 +21,8 @@ from evaluation.tracking import back_translate, fill_missing, pairwise_hand_dist
 # target is noise_level <= 2 x this (README, "Targets").
 NOISE_TOLERANCE = 1 / 255
 
-__all__ = ["NOISE_TOLERANCE", "back_translate", "dtw_hand_error", "gloss_accuracy", "gloss_wer", "motion_ratio", "noise_level",
+__all__ = ["NOISE_TOLERANCE", "back_translate", "dtw_hand_error", "flicker_ratio", "frame_change", "gloss_accuracy",
+           "gloss_wer", "motion_ratio", "noise_level",
            "psnr", "ssim", "static_mask", "track_hands"]  # tracking re-exported: one import for callers
 
 
@@ -124,6 +126,20 @@ def noise_level(gen_video, ref_video, against: str = "self") -> float:
     else:
         raise ValueError(f"against must be 'self' or 'ref', got {against!r}")
     return float(np.abs(gen - target)[:, mask].mean())
+
+
+def frame_change(video) -> float:
+    """Mean absolute frame-to-frame change over the whole frame (fraction of the pixel range),
+    averaged over pixels, channels and the T - 1 frame pairs: motion plus flicker plus grain."""
+    frames = video_to_frames(video)
+    return float(np.abs(np.diff(frames, axis=0)).mean(dtype=np.float64))  # float64: no alignment-dependent rounding
+
+
+def flicker_ratio(gen_video, ref_video) -> float:
+    """frame_change(generated) / frame_change(reference): 1.0 is as steady as the data, > 1 flicker
+    or grain that changes per frame, < 1 a signer that moves less. NaN for a static reference."""
+    ref = frame_change(ref_video)
+    return frame_change(gen_video) / ref if ref > 1e-9 else float("nan")
 
 
 def _as_frames_tensor(video) -> torch.Tensor:

@@ -54,15 +54,15 @@ def normalize_skeleton(xy, visible, frame_wh_px: tuple[int, int] = _SQUARE_PX) -
     shoulders visible (nothing to measure the body by)."""
     visible = np.asarray(visible.cpu() if hasattr(visible, "cpu") else visible).astype(bool)
     if visible.ndim != 2 or visible.shape[1] != skeleton.NUM_POINTS:
-        raise ValueError(f"error: pose visibility must be (T, {skeleton.NUM_POINTS}), got shape {visible.shape}")
+        raise ValueError(f"pose visibility must be (T, {skeleton.NUM_POINTS}), got shape {visible.shape}")
     if not visible[:, list(skeleton.SHOULDERS)].all(1).any():
-        raise ValueError("error: no frame has both shoulders visible, so the skeleton cannot be normalised "
+        raise ValueError("no frame has both shoulders visible, so the skeleton cannot be normalised "
                          "to shoulder width 1")
     pose = skeleton_pose(xy, visible, fps=1.0, frame_wh_px=frame_wh_px)
     pose = pose.normalize(shoulder_normalization_info(pose.header))
     out = np.asarray(pose.body.data.filled(0.0), np.float32)[:, 0]  # (T, J, 2)
     if not np.isfinite(out).all():  # coincident shoulders give scale 1/0
-        raise ValueError("error: the shoulders coincide in every frame, so the skeleton cannot be normalised")
+        raise ValueError("the shoulders coincide in every frame, so the skeleton cannot be normalised")
     return out
 
 
@@ -73,13 +73,13 @@ def _clips(xy, visible) -> list[tuple[np.ndarray, np.ndarray]]:
     if isinstance(xy, np.ndarray) and xy.ndim == 3:
         xy, visible = [xy], [visible]
     if len(xy) != len(visible):
-        raise ValueError(f"error: {len(xy)} keypoint clips but {len(visible)} visibility clips")
+        raise ValueError(f"{len(xy)} keypoint clips but {len(visible)} visibility clips")
     out = []
     for a, v in zip(xy, visible):
         a = np.asarray(a.cpu() if hasattr(a, "cpu") else a, np.float32)
         v = np.asarray(v.cpu() if hasattr(v, "cpu") else v).astype(bool)
         if a.ndim != 3 or a.shape[1:] != (skeleton.NUM_POINTS, 2) or v.shape != a.shape[:2] or len(a) < 1:
-            raise ValueError(f"error: a clip must be xy (T >= 1, {skeleton.NUM_POINTS}, 2) with visible (T, "
+            raise ValueError(f"a clip must be xy (T >= 1, {skeleton.NUM_POINTS}, 2) with visible (T, "
                              f"{skeleton.NUM_POINTS}); got {a.shape} and {v.shape}")
         out.append((a, v))
     return out
@@ -129,7 +129,7 @@ def dtw_mje(pred_xy, pred_visible, ref_xy, ref_visible, frame_wh_px: tuple[int, 
     frames). NaN when no joint is visible in both."""
     preds, refs = _clips(pred_xy, pred_visible), _clips(ref_xy, ref_visible)
     if len(preds) != len(refs):
-        raise ValueError(f"error: {len(preds)} predicted clips but {len(refs)} reference clips")
+        raise ValueError(f"{len(preds)} predicted clips but {len(refs)} reference clips")
     total, count = 0.0, 0
     for (p, pv), (r, rv) in zip(preds, refs):
         err, n = _aligned_joint_errors(normalize_skeleton(p, pv, frame_wh_px), pv,
@@ -160,7 +160,7 @@ def total_distance(pred_xy, pred_visible, ref_xy, ref_visible, frame_wh_px: tupl
     references, 0 = frozen, > 1 = jitter or exaggeration; NaN when no reference hand moves."""
     preds, refs = _clips(pred_xy, pred_visible), _clips(ref_xy, ref_visible)
     if len(preds) != len(refs):
-        raise ValueError(f"error: {len(preds)} predicted clips but {len(refs)} reference clips")
+        raise ValueError(f"{len(preds)} predicted clips but {len(refs)} reference clips")
     pred_len = sum(_hand_path_lengths(normalize_skeleton(p, v, frame_wh_px), v) for p, v in preds)
     ref_len = sum(_hand_path_lengths(normalize_skeleton(r, v, frame_wh_px), v) for r, v in refs)
     moving = ref_len > min_ref_travel
@@ -171,7 +171,7 @@ def duration_ratio(pred_num_frames, ref_num_frames) -> float:
     """Mean over clips of predicted frames / reference frames (SLRTP `pose_length`); ints or lists."""
     pred, ref = np.atleast_1d(np.asarray(pred_num_frames, np.float64)), np.atleast_1d(np.asarray(ref_num_frames, np.float64))
     if pred.shape != ref.shape or (ref <= 0).any():
-        raise ValueError(f"error: frame counts must pair up and be > 0, got {pred.tolist()} and {ref.tolist()}")
+        raise ValueError(f"frame counts must pair up and be > 0, got {pred.tolist()} and {ref.tolist()}")
     return float((pred / ref).mean())
 
 
@@ -193,7 +193,7 @@ def dtw_mje_floor(xy, visible, texts: list[str], frame_wh_px: tuple[int, int] = 
     num_pairs}. `max_pairs` > 0 keeps the first that many pairs (in order of first appearance)."""
     clips = _clips(xy, visible)
     if len(texts) != len(clips):
-        raise ValueError(f"error: {len(clips)} clips but {len(texts)} texts")
+        raise ValueError(f"{len(clips)} clips but {len(texts)} texts")
     groups: dict[str, list[int]] = defaultdict(list)
     for index, text in enumerate(texts):
         groups[text].append(index)

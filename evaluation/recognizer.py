@@ -38,8 +38,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import skeleton
+from checkpoint import CheckpointError, atomic_write
+from data import derived_cache_dir, skeleton
 from data.real.common import DatasetError
+from data.signer import parse_caption
 from evaluation.metrics import gloss_accuracy, gloss_wer
 from evaluation.pose_metrics import normalize_skeleton
 from models.architectures.recognizer import PoseCTCRecognizer
@@ -67,7 +69,7 @@ class RecognizerSpec:
             value = getattr(self, f.name)
             positive = f.name not in ("max_train_clips", "seed", "warmup_steps", "weight_decay")
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (positive and value == 0):
-                raise ValueError(f"error: recogniser setting '{f.name}' must be a number "
+                raise ValueError(f"recogniser setting '{f.name}' must be a number "
                                  f"{'> 0' if positive else '>= 0'}, got {value!r}")
 
 
@@ -76,7 +78,7 @@ def _as_clips(pose_xy, pose_visible, lengths=None) -> list[tuple[np.ndarray, np.
     if hasattr(pose_xy, "detach"):
         pose_xy, pose_visible = pose_xy.detach().cpu().numpy(), pose_visible.detach().cpu().numpy()
     if len(pose_xy) != len(pose_visible) or (lengths is not None and len(lengths) != len(pose_xy)):
-        raise ValueError(f"error: {len(pose_xy)} keypoint clips, {len(pose_visible)} visibility clips"
+        raise ValueError(f"{len(pose_xy)} keypoint clips, {len(pose_visible)} visibility clips"
                          + ("" if lengths is None else f" and {len(lengths)} lengths"))
     clips = []
     for i, (xy, vis) in enumerate(zip(pose_xy, pose_visible)):
@@ -110,11 +112,11 @@ def collect_clips(dataset, max_clips: int = 0) -> dict:
         item = dataset[index]
         missing = [k for k in ("pose_xy", "pose_visible", "glosses") if k not in item]
         if missing:
-            raise DatasetError(f"error: item {index} of {type(dataset).__name__} has no {missing}: the recogniser "
+            raise DatasetError(f"item {index} of {type(dataset).__name__} has no {missing}: the recogniser "
                                "needs keypoints (pose_xy, pose_visible) and gloss labels (glosses)")
         labels = list(item["glosses"])
         if not labels or not all(isinstance(g, str) and g for g in labels):
-            raise DatasetError(f"error: item {index} of {type(dataset).__name__}: glosses must be a non-empty "
+            raise DatasetError(f"item {index} of {type(dataset).__name__}: glosses must be a non-empty "
                                f"list of strings, got {item['glosses']!r}")
         vis = np.asarray(item["pose_visible"]).astype(bool)
         try:
@@ -128,7 +130,7 @@ def collect_clips(dataset, max_clips: int = 0) -> dict:
         clips.append((xy, vis))
         glosses.append(labels)
     if not clips:
-        raise DatasetError(f"error: none of the {count} clips of {type(dataset).__name__} is usable "
+        raise DatasetError(f"none of the {count} clips of {type(dataset).__name__} is usable "
                            f"(first reason: {skipped[0][1] if skipped else 'empty dataset'})")
     xy, visible, lengths = _pad(clips)
     return dict(xy=xy, visible=visible, lengths=lengths, glosses=glosses, skipped=skipped)
@@ -149,6 +151,7 @@ class Recognizer:
 
     def __init__(self, model: PoseCTCRecognizer, vocab: list[str], spec: RecognizerSpec, info: dict | None = None):
         self.model, self.vocab, self.spec, self.info = model.eval(), list(vocab), spec, dict(info or {})
+        self.path: str | None = None  # the file it was loaded from or saved to
 
     @torch.no_grad()
     def decode(self, pose_xy, pose_visible, lengths=None, batch_size: int = 256) -> list[list[str] | None]:
@@ -176,30 +179,28 @@ class Recognizer:
                        num_points=self.model.num_points, info=self.info,
                        state_dict={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: torch.save(payload, fh))
+        self.path = path
 
     @classmethod
     def load(cls, path: str) -> "Recognizer":
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise FileNotFoundError(f"error: recogniser file {path} does not exist") from None
-        except Exception as exc:
-            raise ValueError(f"error: {path} is not a loadable recogniser ({type(exc).__name__}: {exc})") from None
+            raise CheckpointError(f"recogniser file {path} does not exist") from None
+        except Exception as exc:  # torch.load raises many types for a damaged or foreign file
+            raise CheckpointError(f"{path} is not a loadable recogniser ({type(exc).__name__}: {exc})") from None
         missing = [k for k in ("format_version", "spec", "vocab", "num_points", "state_dict") if k not in payload]
         if missing or payload["format_version"] != FORMAT_VERSION:
-            raise ValueError(f"error: {path}: missing keys {missing} or format version "
-                             f"{payload.get('format_version')!r} != {FORMAT_VERSION}")
+            raise CheckpointError(f"{path}: missing keys {missing} or format version "
+                                  f"{payload.get('format_version')!r} != {FORMAT_VERSION}")
         spec = RecognizerSpec(**payload["spec"])
         model = PoseCTCRecognizer(payload["num_points"], len(payload["vocab"]), spec.width, spec.depth,
                                   spec.kernel_frames)
         model.load_state_dict(payload["state_dict"])
-        return cls(model, payload["vocab"], spec, payload.get("info"))
+        recognizer = cls(model, payload["vocab"], spec, payload.get("info"))
+        recognizer.path = path
+        return recognizer
 
 
 def train_recognizer(train, spec: RecognizerSpec = RecognizerSpec(), log_every_steps: int = 0) -> Recognizer:
@@ -233,7 +234,7 @@ def train_recognizer(train, spec: RecognizerSpec = RecognizerSpec(), log_every_s
         tgt = [targets[i] for i in batch.tolist()]
         loss = F.ctc_loss(log_probs, torch.cat(tgt), lens, torch.tensor([len(x) for x in tgt]), blank=BLANK)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"error: recogniser loss {loss.item()} at step {step} (clips {batch.tolist()})")
+            raise FloatingPointError(f"recogniser loss {loss.item()} at step {step} (clips {batch.tolist()})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -255,7 +256,7 @@ def recognizer_scores(recognizer: Recognizer, pose_xy, pose_visible, glosses: li
     normalised; they read as no glosses, so they score WER 1)."""
     predictions = recognizer.decode(pose_xy, pose_visible, lengths)
     if len(predictions) != len(glosses):
-        raise ValueError(f"error: {len(predictions)} clips but {len(glosses)} gloss lists")
+        raise ValueError(f"{len(predictions)} clips but {len(glosses)} gloss lists")
     read = [p if p is not None else [] for p in predictions]
     n = max(len(read), 1)
     return dict(gloss_wer=sum(gloss_wer(p, list(r)) for p, r in zip(read, glosses)) / n,
@@ -276,18 +277,8 @@ def dataset_scores(recognizer: Recognizer, dataset, max_clips: int = 0) -> dict:
 _FINGERPRINT_ITEMS = 64  # items hashed to tell one dataset from another without reading all of it
 
 
-def cache_folder(cfg) -> str:
-    """Where cfg's dataset keeps derived files: real data its preprocessing cache
-    (cfg.cache_dir or <data_root>/.text2sign_cache), synthetic data <output_dir>/.text2sign_cache."""
-    if cfg.dataset == "synthetic":
-        return os.path.join(cfg.output_dir, ".text2sign_cache")
-    from data.real.cache import default_cache_dir
-
-    return cfg.cache_dir or default_cache_dir(cfg.data_root)
-
-
 def recognizer_path(cfg, train_dataset, spec: RecognizerSpec) -> str:
-    """recognizer_{dataset}_{key}.pt in `cache_folder(cfg)`. The key hashes what shapes the
+    """recognizer_{dataset}_{key}.pt in `derived_cache_dir(cfg)`. The key hashes what shapes the
     recogniser: the spec, the format version, the split's size and the content (keypoints,
     visibility, glosses) of up to 64 evenly spaced items, which changes with the signer, the seed,
     the frame count or the clip list, so a changed dataset trains a new recogniser."""
@@ -298,21 +289,53 @@ def recognizer_path(cfg, train_dataset, spec: RecognizerSpec) -> str:
         item = train_dataset[index]
         for key in ("pose_xy", "pose_visible"):
             if key not in item:
-                raise DatasetError(f"error: item {index} of the {cfg.dataset} train split has no '{key}': the "
+                raise DatasetError(f"item {index} of the {cfg.dataset} train split has no '{key}': the "
                                    "recogniser needs keypoints (pose_xy, pose_visible) and glosses")
             h.update(np.ascontiguousarray(np.asarray(item[key])).tobytes())
         h.update("|".join(item.get("glosses", [])).encode())
-    return os.path.join(cache_folder(cfg), f"recognizer_{cfg.dataset}_{h.hexdigest()[:16]}.pt")
+    return os.path.join(derived_cache_dir(cfg), f"recognizer_{cfg.dataset}_{h.hexdigest()[:16]}.pt")
+
+
+class SyntheticGlosses(torch.utils.data.Dataset):
+    """A release-layout export of the synthetic signer (data/export_synthetic.py) with the glosses
+    its captions name (data.signer.parse_caption): the only labels it has, and exact ones."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        item["glosses"] = parse_caption(item["caption"])
+        return item
+
+
+def labelled_split(cfg, split: str, synthetic_captions: bool = False):
+    """cfg's `split` with gloss labels: the dataset's own, or parsed from synthetic captions."""
+    from data import build_dataset
+
+    dataset = build_dataset(cfg, split)
+    return SyntheticGlosses(dataset) if synthetic_captions and cfg.dataset != "synthetic" else dataset
+
+
+def trained_recognizer(cfg, synthetic_captions: bool = False, spec: RecognizerSpec | None = None) -> Recognizer | None:
+    """The recogniser `load_or_train` would use for cfg's dataset, if it was trained; else None."""
+    spec = spec or RecognizerSpec(seed=cfg.seed)
+    try:
+        path = recognizer_path(cfg, labelled_split(cfg, "train", synthetic_captions), spec)
+    except DatasetError:  # no keypoints or no glosses: nothing a recogniser could read
+        return None
+    return Recognizer.load(path) if os.path.exists(path) else None
 
 
 def load_or_train(cfg, spec: RecognizerSpec | None = None, retrain: bool = False,
-                  log_every_steps: int = 0) -> tuple[Recognizer, str, bool]:
+                  log_every_steps: int = 0, synthetic_captions: bool = False) -> tuple[Recognizer, str, bool]:
     """(recogniser of cfg's dataset, its path, whether it was trained now): loads the file keyed
     by `recognizer_path` if present (unless `retrain`), else trains on the train split and saves."""
-    from data import build_dataset
-
     spec = spec or RecognizerSpec(seed=cfg.seed)
-    train = build_dataset(cfg, "train")
+    train = labelled_split(cfg, "train", synthetic_captions)
     path = recognizer_path(cfg, train, spec)
     if os.path.exists(path) and not retrain:
         return Recognizer.load(path), path, False
@@ -321,53 +344,66 @@ def load_or_train(cfg, spec: RecognizerSpec | None = None, retrain: bool = False
     return recognizer, path, True
 
 
-def _pop_flags(argv: list[str]) -> tuple[list[str], dict, bool]:
-    """Split the recogniser's own flags (--rec_steps, --rec_max_clips, --retrain) from the config's."""
-    rest, spec, retrain, i = [], {}, False, 0
+def _pop_flags(argv: list[str]) -> tuple[list[str], dict, bool, bool]:
+    """Split the recogniser's own flags (--rec_steps, --rec_max_clips, --retrain, --scorer synthetic)
+    from the config's."""
+    rest, spec, retrain, synthetic, i = [], {}, False, False, 0
     names = {"--rec_steps": "steps", "--rec_max_clips": "max_train_clips"}
     while i < len(argv):
         arg, _, inline = argv[i].partition("=")
         if arg == "--retrain":
             retrain, i = True, i + 1
+        elif arg == "--scorer":
+            value = inline or (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if inline else 2
+            if value not in ("synthetic", "auto"):
+                raise ValueError(f"--scorer expects 'synthetic' (the captions are the synthetic signer's: "
+                                 f"glosses parse from them) or 'auto', got {value!r}")
+            synthetic = value == "synthetic"
         elif arg in names:
             value = inline or (argv[i + 1] if i + 1 < len(argv) else "")
             i += 1 if inline else 2
             try:
                 spec[names[arg]] = int(value)
             except ValueError:
-                raise ValueError(f"error: {arg} expects an integer, got {value!r}") from None
+                raise ValueError(f"{arg} expects an integer, got {value!r}") from None
         else:
             rest.append(argv[i])
             i += 1
-    return rest, spec, retrain
+    return rest, spec, retrain, synthetic
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
+    """python -m evaluation.recognizer [config flags] [--rec_steps N] [--rec_max_clips N] [--retrain]
+    [--scorer synthetic]: train (or load) the recogniser, print its WER on ground-truth test keypoints.
+    Exit 0, or 2 with one `error:` line for bad flags or unsuitable data."""
     from config import ConfigError, parse_cli
-    from data import build_dataset
 
     argv = sys.argv[1:] if argv is None else argv
     try:
-        rest, spec_overrides, retrain = _pop_flags(argv)
+        rest, spec_overrides, retrain, synthetic = _pop_flags(argv)
         cfg, _ = parse_cli(rest)
         spec = RecognizerSpec(**{"seed": cfg.seed, **spec_overrides})
     except (ConfigError, ValueError) as exc:
-        sys.exit(str(exc) if str(exc).startswith("error") else f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     start = time.time()
     try:
-        recognizer, path, trained = load_or_train(cfg, spec, retrain=retrain, log_every_steps=250)
+        recognizer, path, trained = load_or_train(cfg, spec, retrain=retrain, log_every_steps=250,
+                                                  synthetic_captions=synthetic)
         print(f"recogniser {'trained and saved to' if trained else 'loaded from'} {path} "
               f"({len(recognizer.vocab)} glosses, {recognizer.info})")
-        scores = dataset_scores(recognizer, build_dataset(cfg, "test"))
-    except DatasetError as exc:  # bad or unsuitable data: one line naming it, no traceback
-        sys.exit(str(exc) if str(exc).startswith("error") else f"error: {exc}")
+        scores = dataset_scores(recognizer, labelled_split(cfg, "test", synthetic))
+    except (DatasetError, CheckpointError) as exc:  # bad or unsuitable data: one line naming it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"ground-truth test keypoints ({scores['num_clips']} clips, {scores['num_unreadable']} unreadable): "
           f"gloss WER {scores['gloss_wer']:.4f}  gloss accuracy {scores['gloss_accuracy']:.4f}  "
           f"({time.time() - start:.0f} s in all)")
-    return dict(path=path, trained=trained, **{k: scores[k] for k in ("gloss_wer", "gloss_accuracy", "num_clips")})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

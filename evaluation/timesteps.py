@@ -15,8 +15,8 @@ For each timestep t the same validation clips x0 are noised with the same seeded
 
 Why skill and not the ratio: eps-MSE is *naturally* highest at small t (x0 error = eps error / √SNR
 and SNR(0) is ~570 here), so a healthy eps model has a low/high ratio far above 1, and a useless
-model can have a ratio of 1.00 (the seed's 1.28 / 1.28). The ratio is printed because the seed
-printed it; the verdict rests on skill at every timestep.
+model can have a ratio of 1.00 (the historical model's reported 1.28 / 1.28, docs/diagnostics.md). The
+ratio is printed because the historical check printed it; the verdict rests on skill at every timestep.
 """
 from __future__ import annotations
 
@@ -38,13 +38,13 @@ class Thresholds:
 
     # Pass needs skill >= min_skill at EVERY timestep: the model must remove at least this share of
     # the error of predicting zero noise. 0 would accept a model that does nothing (an untrained
-    # zero-initialised head scores exactly 0); a small margin keeps sampling noise in the estimate
-    # (~0.3% on 48 clips) from deciding the verdict.
+    # zero-initialised head scores exactly 0); a small margin keeps the sampling noise of the estimate
+    # on a few dozen clips from deciding the verdict.
     min_skill: float = 0.05
     # Timesteps t < low_band * T form the low-noise band, t >= (1 - low_band) * T the high-noise band.
     low_band: float = 0.2
-    # Seed signature (the historical bug): skill at the lowest t below min_skill (the seed: -0.92)
-    # AND eps-MSE there at least this many times the eps-MSE at the highest t (the seed: 1920x).
+    # The historical signature: skill at the lowest t below min_skill AND eps-MSE there at least this
+    # many times the eps-MSE at the highest t (the historical report's table: docs/diagnostics.md).
     signature_ratio: float = 10.0
     # A low-band row whose eps-MSE is within this relative distance of the identity baseline is
     # reported as "tracks the identity" (the output adds x_t back).
@@ -58,15 +58,15 @@ def thresholds_help(th: Thresholds = THRESHOLDS) -> str:
     return (
         "verdict (thresholds live in evaluation/timesteps.py: Thresholds):\n"
         f"  skill(t) = 1 - eps-MSE(t) / E[eps^2] at every evaluated t must be >= {th.min_skill}:\n"
-        "    below 0 the model is WORSE THAN PREDICTING ZERO noise (the seed's 1.28/1.28 model);\n"
+        "    below 0 the model is WORSE THAN PREDICTING ZERO noise (the historical 1.28/1.28 table);\n"
         f"    in [0, {th.min_skill}) it is NOT TRAINED ENOUGH (an untrained zero-init head scores 0).\n"
         f"  LOW-TIMESTEP DEGRADATION: some t < {th.low_band:g}*T has skill < {th.min_skill} while the\n"
-        f"    t >= {1 - th.low_band:g}*T band is fine (the seed's 1.92 at t=0 vs 0.001 at t=49).\n"
-        "  The low/high ratio (eps-MSE at the lowest t / at the highest t) is printed as the seed did,\n"
+        f"    t >= {1 - th.low_band:g}*T band is fine (the historical 1.92 at t=0 vs 0.001 at t=49).\n"
+        "  The low/high ratio (eps-MSE at the lowest t / at the highest t) is printed as the historical check did,\n"
         "    but it decides nothing alone: eps-MSE is naturally highest at small t (x0 error =\n"
         "    eps error / sqrt(SNR)), and a useless model can score 1.00x.\n"
-        f"  Seed signature: skill(lowest t) < {th.min_skill} (the seed: -0.92, above E[eps^2]) and eps-MSE\n"
-        f"    there >= {th.signature_ratio:g}x eps-MSE(highest t) (the seed: 1920x).\n"
+        f"  Historical signature: skill(lowest t) < {th.min_skill} (historically -0.92, above E[eps^2]) and\n"
+        f"    eps-MSE there >= {th.signature_ratio:g}x eps-MSE(highest t) (historically 1920x).\n"
         f"  'tracks the identity': low-band eps-MSE within {th.identity_tolerance:.0%} of mean (x_t-eps)^2.")
 
 
@@ -175,14 +175,14 @@ def format_pose_gain(rows: list[dict]) -> str:
 
 
 def low_high_ratio(rows: list[dict]) -> float:
-    """eps-MSE at the lowest evaluated t / at the highest (the seed's 'N× worse at low timesteps')."""
+    """eps-MSE at the lowest evaluated t / at the highest (the historical check's 'N× worse at low timesteps')."""
     lo, hi = min(rows, key=lambda r: r["t"]), max(rows, key=lambda r: r["t"])
     return lo["eps_mse"] / hi["eps_mse"] if hi["eps_mse"] > 0 else math.inf
 
 
 def seed_signature(rows: list[dict], th: Thresholds = THRESHOLDS) -> bool:
     """The historical bug's fingerprint: at the lowest t no better than predicting zero (skill below
-    th.min_skill; the seed was above it) while eps-MSE there is >= th.signature_ratio x the highest t's.
+    th.min_skill; the historical model was above it) while eps-MSE there is >= th.signature_ratio x the highest t's.
 
     "No better than" rather than "above": a residual model that has learnt even a little cancels
     x_t linearly (out = (1-c) x_t), whose best eps-MSE at t=0 is 1 - (1-ᾱ)/E[x_t^2], i.e. about 0.994
@@ -250,7 +250,7 @@ def verdict(rows: list[dict], num_timesteps: int, th: Thresholds = THRESHOLDS) -
         out.lines.append(f"   eps-MSE tracks the identity baseline (eps = x_t) at t = {_ts([r['t'] for r in tracking])}: "
                          "what a model that adds the noisy input back scores (residual_input)")
     if out.signature:
-        out.lines.append(f"   Same shape as the seed's failing table: {ratio:.4g}× 'worse at low timesteps' "
+        out.lines.append(f"   Same shape as the historical failing table: {ratio:.4g}× 'worse at low timesteps' "
                          "and no better than predicting zero there")
     out.passed = not out.failures
     if out.passed:

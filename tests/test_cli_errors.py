@@ -367,7 +367,7 @@ def test_row6_evaluation_skips_and_counts_clips_it_cannot_read():
 
     cfg = make_config("tiny", dict(num_eval_samples=8, sampling_steps=2))
     captions = build_dataset(cfg, "test").captions
-    tokenizer = Tokenizer(sorted(set(captions[0].split())))  # knows the words of clip 0 only
+    tokenizer = Tokenizer(sorted(set(" ".join(captions[:2]).split())))  # knows the words of clips 0 and 1 only
     unusable = [c for c in captions if not usable_prompt(tokenizer, c, cfg.max_text_len_tokens)]
     assert 0 < len(unusable) < len(captions)
     model = build_model(cfg, len(tokenizer)).eval()

@@ -80,7 +80,7 @@ def test_prompt_ranking_on_toy_models():
 
 @pytest.mark.parametrize("pose_cond", [False, True])
 def test_evaluate_run_writes_every_condition(tmp_path, pose_cond):
-    cfg = make_config("tiny", dict(pose_cond=pose_cond))
+    cfg = make_config("tiny", dict(pose_cond=pose_cond, output_dir=str(tmp_path)))
     ds = SyntheticSignDataset("train", cfg.num_train_samples, cfg.num_frames, cfg.frame_size_px, cfg.seed)
     tok = Tokenizer.from_captions(ds.captions)
     model = build_model(cfg, len(tok))
@@ -90,8 +90,12 @@ def test_evaluate_run_writes_every_condition(tmp_path, pose_cond):
     saved = json.loads(path.read_text())
     assert set(CONDITIONS) <= set(saved) and "prompt_ranking_top1" in saved
     for cond in CONDITIONS:
-        assert {"gloss_accuracy", "gloss_wer", "dtw_hand_error", "noise_level", "motion_ratio"} <= set(saved[cond])
-    assert results["ground_truth"]["noise_level"] == 0
+        assert {"gloss_accuracy", "gloss_wer", "dtw_hand_error", "noise_level", "motion_ratio", "flicker_ratio",
+                "fvd"} <= set(saved[cond])
+    assert results["ground_truth"]["noise_level"] == 0 and results["ground_truth"]["flicker_ratio"] == pytest.approx(1, abs=1e-12)
+    # An untrained model's clips are far from the data; the ground truth is another draw of it.
+    assert results["intended"]["fvd"] > 10 * abs(results["ground_truth"]["fvd"])
+    assert saved["meta"]["fvd_reference_clips"] > 0
     # The pose stage's own error is reported for a pose-conditioned model (untrained: the centre).
     assert ("pose_rmse_px" in saved) == pose_cond and saved.get("pose_rmse_px", 1) > 0
 

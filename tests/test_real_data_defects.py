@@ -68,10 +68,10 @@ def test_row14_temp_files_of_a_killed_build_are_removed_on_the_next_build(tmp_pa
     cache = tmp_path / "cache"
     cache.mkdir()
     dead, alive = _dead_pid(), os.getpid()
-    stale = [cache / f"folder_train_0123456789abcdef.npy.tmp{dead}",
-             cache / f"folder_train_0123456789abcdef.index.json.tmp{dead}",
-             cache / f"folder_val_fedcba9876543210.pose.npy.tmp{dead}"]
-    live = cache / f"folder_train_0123456789abcdef.npy.tmp{alive}"  # a build running right now
+    stale = [cache / f".tmp_folder_train_0123456789abcdef.npy_{dead}",  # checkpoint.atomic_write's names
+             cache / f".tmp_folder_train_0123456789abcdef.index.json_{dead}",
+             cache / f".tmp_folder_val_fedcba9876543210.pose.npy_{dead}"]
+    live = cache / f".tmp_folder_train_0123456789abcdef.npy_{alive}"  # a build running right now
     unrelated = cache / "notes.tmp123"
     for path in stale + [live, unrelated]:
         path.write_bytes(b"\0" * 64)

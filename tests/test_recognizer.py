@@ -129,9 +129,12 @@ def test_file_is_keyed_by_the_dataset_and_reused(tmp_path):
 
 
 def test_cli_trains_saves_and_reports_test_wer(tmp_path, capsys):
-    out = main(["--preset", "tiny", "--output_dir", str(tmp_path), "--rec_steps", "3", "--num_threads", "1"])
+    code = main(["--preset", "tiny", "--output_dir", str(tmp_path), "--rec_steps", "3", "--num_threads", "1"])
     text = capsys.readouterr().out
-    assert out["trained"] and os.path.exists(out["path"]) and "gloss WER" in text
-    assert out["num_clips"] == 8 and 0.0 <= out["gloss_wer"]
-    with pytest.raises(SystemExit, match="--rec_steps expects an integer"):
-        main(["--preset", "tiny", "--rec_steps", "many"])
+    assert code == 0 and "trained and saved to" in text and "gloss WER" in text and "(8 clips" in text
+    saved = [n for n in os.listdir(tmp_path / ".text2sign_cache") if n.startswith("recognizer_")]
+    assert len(saved) == 1
+    assert main(["--preset", "tiny", "--output_dir", str(tmp_path), "--rec_steps", "3"]) == 0
+    assert "loaded from" in capsys.readouterr().out
+    assert main(["--preset", "tiny", "--rec_steps", "many"]) == 2
+    assert "error: --rec_steps expects an integer" in capsys.readouterr().err

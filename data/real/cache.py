@@ -13,22 +13,22 @@ sample_fps, crop, the keypoint settings, the clip list (paths, keypoint paths, f
 signers, captions) and the size and mtime of every annotation, clip and keypoint file (an OpenPose
 folder by its own mtime, which changes when files are added, removed or renamed in it). Changing any
 of them builds a new cache; old ones are left in place (delete the folder to reclaim space). Files
-are written to temp names (`….tmp<PID>`) and os.replace'd, the index last, so an interrupted build
+are written through `checkpoint.atomic_write` (temp names `.tmp_<name>_<PID>`, fsync, os.replace), the
+index last, so an interrupted build
 leaves no cache that looks complete; the temp files of a killed build are removed by the next one.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from checkpoint import atomic_write, remove_stale_temp_files, write_text_atomic
 from data import skeleton, video_io
 from data.real import keypoints
 from data.real.common import ClipRecord, DatasetError, crop_resize, fps_indices
@@ -37,7 +37,6 @@ log = logging.getLogger("text2sign.data")
 
 CACHE_FORMAT_VERSION = 2
 CROP_MODE = "square-bbox-or-signer-or-centre"  # part of the key: changing the crop rule invalidates caches
-_TEMP_FILE = re.compile(r"^.+\.(?:npy|json)\.tmp(\d+)$")  # what _build and _write_json_atomic leave
 _NPY_HEADER_BYTES = 128  # fixed, so the final shape can be written after streaming the frames
 
 
@@ -86,40 +85,6 @@ def default_cache_dir(data_root: str) -> str:
     return os.path.join(data_root, ".text2sign_cache")
 
 
-def remove_stale_temp_files(cache_dir: str) -> list[str]:
-    """Delete the `….npy.tmp<PID>` / `….json.tmp<PID>` files of builds whose process is gone (a kill -9
-    or a stop mid-build); a live process's are kept, it may still be writing them. Returns the paths."""
-    removed = []
-    try:
-        names = os.listdir(cache_dir)
-    except OSError:
-        return removed
-    for name in names:
-        match = _TEMP_FILE.match(name)
-        if match and not _pid_alive(int(match.group(1))):
-            path = os.path.join(cache_dir, name)
-            try:
-                os.remove(path)
-                removed.append(path)
-            except OSError:  # another build removed it first, or a read-only cache: not our problem here
-                pass
-    if removed:
-        log.info("removed %d temp files of interrupted cache builds in %s", len(removed), cache_dir)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except PermissionError:  # it exists, owned by another user
-        return True
-    except (ProcessLookupError, OverflowError):  # no such process (or no PID could be this large)
-        return False
-    return True
-
-
 def load_or_build(cache_dir: str, dataset: str, split: str, records: list[ClipRecord],
                   annotation_files: list[str], frame_size_px: int, sample_fps: float,
                   max_bad_clip_fraction: float, num_workers: int = 0,
@@ -127,7 +92,8 @@ def load_or_build(cache_dir: str, dataset: str, split: str, records: list[ClipRe
     """Open the cache for these settings, building it first if absent; enforce the bad-clip limit."""
     key = cache_key(dataset, split, frame_size_px, sample_fps, records, annotation_files)
     stem = os.path.join(cache_dir, f"{dataset}_{split}_{key}")
-    remove_stale_temp_files(cache_dir)
+    for path in remove_stale_temp_files(cache_dir):
+        log.info("removed %s, a temp file of an interrupted cache build", path)
     index = _load(stem)
     if index is None:
         os.makedirs(cache_dir, exist_ok=True)
@@ -185,9 +151,7 @@ def _build(stem: str, key: str, dataset: str, split: str, records: list[ClipReco
            sample_fps: float, num_workers: int, progress: bool) -> None:
     from tqdm import tqdm
 
-    tmp_frames = f"{stem}.npy.tmp{os.getpid()}"
     with_pose = any(rec.keypoints_path for rec in records)
-    tmp_pose = f"{stem}.pose.npy.tmp{os.getpid()}" if with_pose else ""
     clips, bad, total_frames = [], [], 0
 
     def work(rec: ClipRecord):
@@ -206,49 +170,46 @@ def _build(stem: str, key: str, dataset: str, split: str, records: list[ClipReco
     # need no pickling. Order is kept (map), so the cache is identical for any worker count.
     pool = ThreadPoolExecutor(num_workers) if num_workers > 1 else None
     results = pool.map(work, records) if pool else map(work, records)
-    try:
-        with contextlib.ExitStack() as files:
-            fh = files.enter_context(open(tmp_frames, "wb"))
-            pose_fh = files.enter_context(open(tmp_pose, "wb")) if with_pose else None
-            for out in (fh, pose_fh) if with_pose else (fh,):
-                out.write(b"\0" * _NPY_HEADER_BYTES)
-            for rec, result, reason in tqdm(results, total=len(records), unit="clip", disable=not progress,
-                                            desc=f"caching {dataset} {split}"):
-                if result is None:
-                    bad.append((rec.clip_id, reason))
-                    log.warning("skipping %s clip %s: %s", dataset, rec.clip_id, reason)
-                    continue
-                frames, pose, box = result
-                fh.write(np.ascontiguousarray(frames).tobytes())
-                if with_pose:
-                    pose_fh.write(np.ascontiguousarray(pose, np.float32).tobytes())
-                clips.append(dict(id=rec.clip_id, caption=rec.caption, signer=rec.signer,
-                                  glosses=list(rec.glosses), crop_px=list(box),
-                                  offset=total_frames, length=len(frames)))
-                total_frames += len(frames)
-            headers = [(fh, _npy_header((total_frames, frame_size_px, frame_size_px, 3)))]
+    def stream(fh, pose_fh) -> None:
+        nonlocal total_frames
+        for out in (fh, pose_fh) if with_pose else (fh,):
+            out.write(b"\0" * _NPY_HEADER_BYTES)
+        for rec, result, reason in tqdm(results, total=len(records), unit="clip", disable=not progress,
+                                        desc=f"caching {dataset} {split}"):
+            if result is None:
+                bad.append((rec.clip_id, reason))
+                log.warning("skipping %s clip %s: %s", dataset, rec.clip_id, reason)
+                continue
+            frames, pose, box = result
+            fh.write(np.ascontiguousarray(frames).tobytes())
             if with_pose:
-                headers.append((pose_fh, _npy_header((total_frames, skeleton.NUM_POINTS, 3), "<f4")))
-            for out, header in headers:
-                out.seek(0)
-                out.write(header)
-                out.flush()
-                os.fsync(out.fileno())
+                pose_fh.write(np.ascontiguousarray(pose, np.float32).tobytes())
+            clips.append(dict(id=rec.clip_id, caption=rec.caption, signer=rec.signer,
+                              glosses=list(rec.glosses), crop_px=list(box),
+                              offset=total_frames, length=len(frames)))
+            total_frames += len(frames)
+        fh.seek(0)
+        fh.write(_npy_header((total_frames, frame_size_px, frame_size_px, 3)))
         if with_pose:
-            os.replace(tmp_pose, stem + ".pose.npy")
-        os.replace(tmp_frames, stem + ".npy")
+            pose_fh.seek(0)
+            pose_fh.write(_npy_header((total_frames, skeleton.NUM_POINTS, 3), "<f4"))
+
+    try:
+        # Frames and keypoints are streamed side by side; the keypoints file is renamed into place
+        # first, the frames next and the index last, so a build cut short never looks complete.
+        if with_pose:
+            atomic_write(stem + ".npy", lambda fh: atomic_write(stem + ".pose.npy", lambda pfh: stream(fh, pfh)))
+        else:
+            atomic_write(stem + ".npy", lambda fh: stream(fh, None))
     finally:
         if pool:
             pool.shutdown()
-        for tmp in (tmp_frames, tmp_pose):
-            if tmp and os.path.exists(tmp):
-                os.remove(tmp)
     meta = dict(version=CACHE_FORMAT_VERSION, key=key, dataset=dataset, split=split,
                 frame_size_px=frame_size_px, sample_fps=sample_fps, crop=CROP_MODE,
                 frames_file=os.path.basename(stem) + ".npy", total_frames=total_frames,
                 pose_file=os.path.basename(stem) + ".pose.npy" if with_pose else "",
                 num_records=len(records), clips=clips, bad_clips=[dict(id=c, reason=r) for c, r in bad])
-    _write_json_atomic(stem + ".index.json", meta)
+    write_text_atomic(stem + ".index.json", json.dumps(meta))
     log.info("cached %s %s: %d clips, %d frames, %d skipped -> %s.npy", dataset, split, len(clips),
              total_frames, len(bad), stem)
 
@@ -260,15 +221,6 @@ def _npy_header(shape: tuple[int, ...], descr: str = "|u1") -> bytes:
     if len(text) + 1 > body_len:
         raise DatasetError(f"cache shape {shape} does not fit the fixed .npy header")
     return b"\x93NUMPY\x01\x00" + body_len.to_bytes(2, "little") + (text.ljust(body_len - 1) + "\n").encode()
-
-
-def _write_json_atomic(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _load(stem: str) -> CacheIndex | None:

@@ -30,7 +30,7 @@ class PoseCTCRecognizer(nn.Module):
     def __init__(self, num_points: int, vocab_size: int, width: int, depth: int, kernel_frames: int):
         super().__init__()
         if kernel_frames % 2 == 0:
-            raise ValueError(f"error: kernel_frames must be odd (centred), got {kernel_frames}")
+            raise ValueError(f"kernel_frames must be odd (centred), got {kernel_frames}")
         self.num_points = num_points
         self.embed = nn.Linear(3 * num_points, width)
         self.blocks = nn.ModuleList(_ConvBlock(width, kernel_frames) for _ in range(depth))

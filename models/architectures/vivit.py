@@ -62,6 +62,38 @@ class FinalProjection(nn.Module):
         return self.out(x_up + F.relu(self.norm(h)))
 
 
+class PixelRefiner(nn.Module):
+    """A full-resolution path beside the head: `layers` 3x3 convs of `channels` over the pixel features
+    and the model input, each normalised and modulated per frame by the conditioning vector (FiLM), so
+    it knows the noise level; zero-initialised output (the model still starts at 0).
+
+    Why: with EDM's preconditioning the network's output at low noise is mostly the noise to remove,
+    a pixel-level field that tokens of whole patches cannot carry (field notes, items 11 and 14); a
+    few convs on x_t can, once they know how much of x_t is noise (docs/experiments.md, rows 40-44).
+    """
+
+    def __init__(self, in_channels: int, channels: int, layers: int, cond_width: int):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1)
+                                   for i in range(layers))
+        self.norms = nn.ModuleList(nn.GroupNorm(min(8, channels), channels, affine=False) for _ in range(layers))
+        self.film = nn.Sequential(nn.SiLU(), nn.Linear(cond_width, 2 * channels * layers))
+        nn.init.zeros_(self.film[1].weight)
+        nn.init.zeros_(self.film[1].bias)
+        self.out = nn.Conv2d(channels, 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, feats: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """feats (B*T, in_channels, H, W), cond (B*T, cond_width) -> (B*T, 3, H, W)."""
+        film = self.film(cond)[:, :, None, None].chunk(2 * len(self.convs), dim=1)
+        h = None
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            y = F.silu(torch.addcmul(film[2 * i + 1], norm(conv(feats if h is None else h)), 1 + film[2 * i]))
+            h = y if h is None else h + y
+        return self.out(h)
+
+
 class ViViTDenoiser(nn.Module):
     """Text-conditioned video denoiser. forward(x (B,3,T,H,W), t (B,), tokens, mask) -> (B,3,T,H,W).
 
@@ -77,7 +109,7 @@ class ViViTDenoiser(nn.Module):
                  temporal_modulation_weight: float, activation_checkpointing: bool = False,
                  pose_cond: bool = False, pose_points: Sequence[int] = (),
                  pose_groups: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]] = (),
-                 pose_hands: Sequence[int] = ()):
+                 pose_hands: Sequence[int] = (), refine_channels: int = 0, refine_layers: int = 3):
         super().__init__()
         if frame_size_px % patch_size_px or num_frames % tubelet_frames:
             raise ValueError("frame_size_px / num_frames must be divisible by patch / tubelet size")
@@ -113,6 +145,8 @@ class ViViTDenoiser(nn.Module):
         self.modulation_weight = temporal_modulation_weight
         self.unpatch = nn.Linear(width, tubelet_frames * patch_size_px**2 * decoder_channels)
         self.head = FinalProjection(decoder_channels, final_norm, input_channels=self.in_channels)
+        self.refine = (PixelRefiner(decoder_channels + self.in_channels, refine_channels, refine_layers, width)
+                       if refine_channels else None)
         self.output_scale = nn.Parameter(torch.tensor(float(output_scale_init)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
@@ -165,16 +199,21 @@ class ViViTDenoiser(nn.Module):
         h = self.unpatch(modulate(self.norm_out(h), shift, scale, self.modulation_weight))
         x_up = self.unpatchify(h)  # (B*T, C, H, W): pixel-space features, frames folded into batch
         x_frames = x.transpose(1, 2).reshape(b * frames, self.in_channels, height, width_px)
-        out = self.output_scale * self.head(x_up, x_frames.contiguous(memory_format=torch.channels_last))
-        out = out.reshape(b, frames, 3, height, width_px).transpose(1, 2)
+        x_frames = x_frames.contiguous(memory_format=torch.channels_last)
+        out = self.head(x_up, x_frames)
+        if self.refine is not None:  # one conditioning vector per frame (per latent frame, repeated)
+            frame_cond = cond.expand(b, self.grid_t, -1).repeat_interleave(self.tubelet, dim=1)
+            out = out + self.refine(torch.cat([x_up, x_frames], dim=1), frame_cond.reshape(b * frames, -1))
+        out = (self.output_scale * out).reshape(b, frames, 3, height, width_px).transpose(1, 2)
         return (out, aux) if return_aux else out
 
-    def predict_pose(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_pose(self, tokens: torch.Tensor, token_mask: torch.Tensor,
+                     drop_text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The pose stage's keypoints (B, T, P, 2) and visibility (B, T, P) bool for these texts (what
-        sampling draws); P indexes `pose_points`."""
+        sampling draws; `drop_text` (B,) bool: the null text instead); P indexes `pose_points`."""
         if self.pose is None:
             raise ValueError("predict_pose needs a model built with pose_cond=True")
-        xy, logits = self.pose(*self.text(tokens, token_mask, None))
+        xy, logits = self.pose(*self.text(tokens, token_mask, drop_text))
         return xy, logits > 0
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
