@@ -248,9 +248,10 @@ def evaluate_model(model: torch.nn.Module, diffusion: GaussianDiffusion, tokeniz
     results["prompt_ranking_top1"] = prompt_ranking(model, diffusion, tokenizer, refs, cfg, seed)
     if synthetic:
         results["canonical_dtw_floor"] = canonical_dtw_floor(refs, cfg.num_frames)
+    if getattr(model, "pose", None) is not None and clips.pose_xy is not None:
+        results["pose_rmse_px"] = pose_error_px(model, tokenizer, refs, cfg)
     has_pose = can_score(model) and clips.pose_xy is not None
     if has_pose:
-        results["pose_rmse_px"] = pose_error_px(model, tokenizer, refs, cfg)
         glosses = gloss_labels(refs, synthetic_scorer)
         other = [dataset.rerender_item(r["index"]) for r in clips.items] if synthetic else None
         results["pose"] = pose_report(model, tokenizer, refs, cfg, captions, shuffled, other,
