@@ -219,8 +219,9 @@ def validate(cfg: Config) -> None:
 
 # Named presets: small overrides of the recipe (the dataclass defaults). `cpu` is the README's demo.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Tests: the recipe at toy size, a training step in well under a second on CPU.
-    "tiny": dict(model_size="tiny", num_frames=4, frame_size_px=16, patch_size_px=4, text_depth=1,
+    # Tests: the recipe at toy size, a training step in well under a second on CPU; fp32 whatever the
+    # hardware, so the tests' numerics do not depend on the machine (precision `auto` does).
+    "tiny": dict(model_size="tiny", precision="fp32", num_frames=4, frame_size_px=16, patch_size_px=4, text_depth=1,
                  frame_cond_depth=1, sampling_steps=5, num_train_samples=64, num_eval_samples=8,
                  batch_size=4, max_steps=20, warmup_steps=2, log_every_steps=5, sample_every_steps=0,
                  checkpoint_every_steps=10, num_sample_prompts=2, eval_at_end=False, tensorboard=False,

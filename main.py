@@ -160,7 +160,8 @@ def train(argv: list[str]) -> int:
         metrics.add(record)
         bar.update(1)
         if step % cfg.log_every_steps == 0 or step == cfg.max_steps:
-            line = metrics.record(step, record, time.perf_counter(), distributed) | dict(precision=precision.name)
+            line = metrics.record(step, record, time.perf_counter(), distributed) | dict(
+                precision=precision.name, precision_reason=precision.reason)
             if is_main:
                 with open(out_dir / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(line) + "\n")
