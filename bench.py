@@ -199,7 +199,8 @@ def bench_train(cfg, device, quick: bool, profile: bool = False) -> tuple[dict, 
     result = dict(samples_per_s=samples_per_s, step_s=timing["step_s"], batch_size=cfg.batch_size,
                   flops_per_sample=flops, achieved_gflops=flops * samples_per_s / 1e9,
                   peak_memory_mb=peak_mb, data_wait_share=timing["data_wait_share"],
-                  first_step_s=timing["first_step_s"], compile=cfg.compile,
+                  first_step_s=timing["first_step_s"], compile=trainer.trainer.compiled,
+                  compile_reason=trainer.trainer.compile_reason,
                   precision=trainer.precision.name, precision_reason=trainer.precision.reason)
     if prof is not None:
         result["profile"] = prof
@@ -278,7 +279,7 @@ def bench_scaling(cfg, device, vocab_size: int, quick: bool) -> dict:
 
     def seconds_per_sample(**overrides) -> float:
         run_cfg = make_config(cfg.preset, {**cfg_overrides(cfg), **overrides, "batch_size": batch_size,
-                                           "grad_accum_steps": 1, "compile": False})
+                                           "grad_accum_steps": 1, "compile": "off"})
         trainer = BenchTrainer(run_cfg, device, vocab_size)
         timing = trainer.time_steps(repeat(random_batch(run_cfg, batch_size, vocab_size)), warmup=1, steps=steps)
         return timing["step_s"] / batch_size
@@ -340,7 +341,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument("--quick", action="store_true", help="few repeats, 2048^2 ceiling (tests)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
-    parser.add_argument("--compile", default="", choices=["", "on", "off"], help="override cfg.compile")
+    parser.add_argument("--compile", default="", choices=["", "auto", "on", "off"], help="override cfg.compile")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: sample,scaling")
     parser.add_argument("--compare-precision", action="store_true",
                         help="also time the preset as fp32 eager and as configured, in alternating rounds")
@@ -353,7 +354,7 @@ def main(argv: list[str]) -> int:
         overrides = {k: parse_value(k, v) for k, v in args.set}
         overrides["device"] = args.device if args.device != "auto" else make_config(args.preset).device
         if args.compile:
-            overrides["compile"] = args.compile == "on"
+            overrides["compile"] = args.compile
         cfg = make_config(args.preset, overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

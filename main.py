@@ -121,7 +121,8 @@ def train(argv: list[str]) -> int:
         n_params = sum(p.numel() for p in model.parameters())
         log(f"text2sign: {cfg.experiment_name} | preset {cfg.preset} | {n_params / 1e6:.2f}M params | "
             f"{len(train_set)} train clips | vocab {len(tokenizer)} | device {device} | precision "
-            f"{precision.name} ({precision.reason}) | world {world} | run folder {out_dir}")
+            f"{precision.name} ({precision.reason}) | compile {trainer.compiled} ({trainer.compile_reason}) | "
+            f"world {world} | run folder {out_dir}")
         if cfg.tensorboard:
             with contextlib.suppress(ImportError):
                 from torch.utils.tensorboard import SummaryWriter

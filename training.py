@@ -114,6 +114,33 @@ def choose_precision(cfg, device: torch.device) -> Precision:
     return Precision("fp32", f"auto: {device.type}")
 
 
+# `compile: auto` compiles a bf16 CPU run at least this long: the first step's compile (cold inductor
+# cache) took about as long as ~470 bf16 steps save (docs/performance.md, round 6).
+COMPILE_MIN_STEPS = 500
+
+
+def choose_compile(cfg, device: torch.device, precision: Precision) -> tuple[str, str]:
+    """What the step compiles: "blocks" (CPU, regional: `compile_blocks`), "model" (CUDA: the whole
+    denoiser) or "off", and why. `compile` auto -> the blocks of a bf16 CPU run of at least
+    COMPILE_MIN_STEPS steps, where fusing the elementwise work pays its compile time; off elsewhere
+    (an fp32 CPU step saves ~11%, about its compile time over a demo; CUDA is not measured yet)."""
+    if cfg.compile == "off":
+        return "off", "off in the config"
+    mode = "blocks" if device.type == "cpu" else "model"
+    if cfg.compile == "on":
+        return mode, "on in the config"
+    if device.type != "cpu" or not precision.bf16:
+        return "off", f"auto: {device.type} {precision.name} step"
+    if cfg.max_steps < COMPILE_MIN_STEPS:
+        return "off", f"auto: {cfg.max_steps} steps < {COMPILE_MIN_STEPS} do not pay the compile time"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        get_cpp_compiler()
+    except Exception as exc:  # inductor's CPU backend needs a C++ compiler
+        return "off", f"auto: no C++ compiler for inductor ({type(exc).__name__})"
+    return "blocks", f"auto: bf16 CPU step, {cfg.max_steps} steps"
+
+
 def compile_blocks(model: torch.nn.Module, streams: int) -> int:
     """torch.compile every transformer `Block` of `model` in place (regional compilation: the blocks
     share their code, so one compile serves all of them, in a fraction of a whole-model compile's
@@ -173,14 +200,14 @@ class Trainer:
         self.ema = make_ema(model, cfg.ema_decay)
         self.optimizer = make_optimizer(model, cfg)
         net = DDP(model) if self.distributed else model
-        regional = cfg.compile and device.type == "cpu"
-        if regional:  # after make_ema: the EMA copy, which samples and evaluates, stays eager
+        self.compiled, self.compile_reason = choose_compile(cfg, device, precision)
+        if self.compiled == "blocks":  # after make_ema: the EMA copy, which samples and evaluates, stays eager
             compile_blocks(model, streams)
-        self.net = torch.compile(net) if cfg.compile and not regional else net
+        self.net = torch.compile(net) if self.compiled == "model" else net
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         # The first step compiles: its streams run one after the other, so the second finds the code
         # the first compiled (dynamo's compile lock serialises two compiles but does not skip the second).
-        self.backward = StreamedBackward(model, streams, serial_calls=1 if regional else 0)
+        self.backward = StreamedBackward(model, streams, serial_calls=1 if self.compiled == "blocks" else 0)
         self.micro = cfg.batch_size // (cfg.grad_accum_steps * world)
 
     def loss_fn(self, x0: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,

@@ -31,6 +31,7 @@ from evaluation.metrics import (NOISE_TOLERANCE, back_translate, dtw_hand_error,
                                 noise_level, psnr, ssim)
 from evaluation.tracking import track_hands
 from pipeline import first_clips, generate
+from training import choose_precision
 
 CONDITIONS = ("intended", "no_text", "shuffled", "ground_truth", "other_rendering")
 RANKING_TIMESTEPS = (5, 15, 25, 35, 45)  # spread over the schedule; scaled to num_timesteps
@@ -149,7 +150,10 @@ def evaluate_model(model: torch.nn.Module, diffusion: GaussianDiffusion, tokeniz
     if synthetic:
         dataset = build_dataset(cfg, split)
         results["other_rendering"] = score(torch.stack([dataset.rerender(i) for i in range(n)]), refs)
-    results["prompt_ranking_top1"] = prompt_ranking(model, diffusion, tokenizer, refs, cfg, seed)
+    # Under the same precision as sampling (generate): bf16 ranked every clip as fp32 did (round 6).
+    device = next(model.parameters()).device
+    with choose_precision(cfg, device).autocast(device):
+        results["prompt_ranking_top1"] = prompt_ranking(model, diffusion, tokenizer, refs, cfg, seed)
     if synthetic:
         results["canonical_dtw_floor"] = canonical_dtw_floor(refs, cfg.num_frames)
     if synthetic and getattr(model, "pose", None) is not None:

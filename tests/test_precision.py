@@ -56,6 +56,30 @@ def test_tiny_preset_is_fp32_on_every_machine():
     assert make_config("tiny").precision == "fp32"
 
 
+BF16, FP32 = training.Precision("bf16", "test"), training.Precision("fp32", "test")
+
+
+@pytest.mark.parametrize("asked, device, precision, steps, expected", [
+    ("auto", "cpu", BF16, 1100, "blocks"),  # the demo on a CPU with bf16 units
+    ("auto", "cpu", FP32, 1100, "off"),  # fp32 CPU: the gain is about the compile time
+    ("auto", "cpu", BF16, 100, "off"),  # too short to pay the compile
+    ("auto", "cuda", BF16, 1100, "off"),  # not measured on CUDA: explicit only
+    ("on", "cpu", FP32, 10, "blocks"),
+    ("on", "cuda", BF16, 10, "model"),
+    ("off", "cpu", BF16, 1100, "off"),
+])
+def test_compile_choice(asked, device, precision, steps, expected):
+    cfg = make_config("cpu", dict(compile=asked, max_steps=steps))
+    mode, reason = training.choose_compile(cfg, torch.device(device), precision)
+    assert mode == expected and reason
+
+
+def test_compile_accepts_the_old_booleans():
+    assert make_config("cpu", dict(compile=True)).compile == "on"
+    assert make_config("cpu", dict(compile=False)).compile == "off"
+    assert make_config("gpu").compile == "on" and make_config("cpu").compile == "auto"
+
+
 def _linear_output_dtypes(model: torch.nn.Module) -> tuple[list, list]:
     """Forward hooks on every Linear: the dtypes they emit (from whichever stream thread runs them)."""
     seen, handles = [], []
@@ -132,7 +156,7 @@ def test_bench_compare_precision_writes_both_figures(tmp_path):
     best = max(machine["fp32_gflops"], machine["bf16_gflops"])
     assert train["mfu_best"] == pytest.approx(train["achieved_gflops"] / best)
     eager, default = compare["fp32_eager"], compare["default"]
-    assert eager["precision"] == "fp32" and eager["compile"] is False and default["precision"] == "bf16"
+    assert eager["precision"] == "fp32" and eager["compile"] == "off" and default["precision"] == "bf16"
     assert eager["samples_per_s"] > 0 and default["samples_per_s"] > 0
     assert eager["mfu"] == pytest.approx(eager["achieved_gflops"] / machine["fp32_gflops"])
     assert default["mfu"] == pytest.approx(default["achieved_gflops"] / machine["bf16_gflops"])
