@@ -3,11 +3,14 @@
     python bench.py                                   # cpu preset, prints a table
     python bench.py --preset gpu --device cuda --json out.json
     python bench.py --preset tiny --quick --json /tmp/b.json   # seconds; what the test runs
+    python bench.py --preset cpu --compare-precision --skip sample,scaling   # fp32 eager vs default
 
 MFU = achieved training GFLOP/s (FLOPs counted by torch.utils.flop_counter over one forward and
-backward, times measured samples/s) / the median GFLOP/s of a 4096x4096 fp32 matmul measured in
-the same run (at the start and again at the end, so a machine shared with other jobs loads both
-sides of the ratio alike). Every figure is a median over repeats after warm-up. Training uses the
+backward, times measured samples/s) / the median GFLOP/s of a 4096x4096 matmul in the precision the
+step ran at (fp32 or bf16, both measured in the same run, at the start and again at the end, so a
+machine shared with other jobs loads both sides of the ratio alike); `mfu_best` is against the
+higher of the two. `--compare-precision` also times the preset as fp32 eager and as configured, in
+alternating rounds (bench_compare.py). Every figure is a median over repeats after warm-up. Training uses the
 real data loader, so the data-wait share is the time spent in `next(loader)` over the step time.
 """
 from __future__ import annotations
@@ -100,7 +103,8 @@ class BenchTrainer:
         """Forward + backward FLOPs of one sample (matmuls, convs, attention), counted, not estimated."""
         counter = FlopCounterMode(display=False)
         tr = self.trainer
-        with counter:
+        # Eager, so compiled regions neither compile again under the counting mode nor hide their ops.
+        with counter, torch.compiler.set_stance("force_eager"):
             self.model.zero_grad(set_to_none=True)
             x0 = batch["video"].to(self.device)
             draws = tr.objective.draw(tuple(x0.shape), tr.generator, self.device)
@@ -198,13 +202,16 @@ def bench_train(cfg, device, quick: bool, profile: bool = False) -> tuple[dict, 
     result = dict(samples_per_s=samples_per_s, step_s=timing["step_s"], batch_size=cfg.batch_size,
                   flops_per_sample=flops, achieved_gflops=flops * samples_per_s / 1e9,
                   peak_memory_mb=peak_mb, data_wait_share=timing["data_wait_share"],
-                  first_step_s=timing["first_step_s"], compile=cfg.compile)
+                  first_step_s=timing["first_step_s"], compile=trainer.trainer.compiled,
+                  compile_reason=trainer.trainer.compile_reason,
+                  precision=trainer.precision.name, precision_reason=trainer.precision.reason)
     if prof is not None:
         result["profile"] = prof
     if dataset is None:
         result["data_wait_share"] = None
     trainer.trainer.close()
-    return result, first, tokenizer, trainer.model
+    # Sampling runs on the EMA copy, as in main.py: eager, whatever the training step compiled.
+    return result, first, tokenizer, trainer.trainer.ema.module
 
 
 @torch.no_grad()
@@ -275,7 +282,7 @@ def bench_scaling(cfg, device, vocab_size: int, quick: bool) -> dict:
 
     def seconds_per_sample(**overrides) -> float:
         run_cfg = make_config(cfg.preset, {**cfg_overrides(cfg), **overrides, "batch_size": batch_size,
-                                           "grad_accum_steps": 1, "compile": False})
+                                           "grad_accum_steps": 1, "compile": "off"})
         trainer = BenchTrainer(run_cfg, device, vocab_size)
         timing = trainer.time_steps(repeat(random_batch(run_cfg, batch_size, vocab_size)), warmup=1, steps=steps)
         return timing["step_s"] / batch_size
@@ -295,15 +302,24 @@ def cfg_overrides(cfg) -> dict:
 
 def print_report(r: dict) -> None:
     m, tr, s, sc = r["machine"], r["train"], r["sample"], r["scaling"]
-    print(f"\n== text2sign bench | preset {r['preset']} | {m['device']} | {m['threads']} threads | torch {m['torch']}")
-    print(f"ceiling  fp32 {m['matmul_n']}^2 matmul: {m['fp32_gflops']:.1f} GFLOP/s (median of "
-          f"{len(m['fp32_gflops_samples'])}; min {min(m['fp32_gflops_samples']):.1f}, "
-          f"max {max(m['fp32_gflops_samples']):.1f})" +
-          (f" | bf16 {m['bf16_gflops']:.1f} GFLOP/s" if m.get("bf16_gflops") else ""))
-    print(f"train    {tr['samples_per_s']:.2f} samples/s | {tr['flops_per_sample'] / 1e9:.2f} GFLOP/sample | "
-          f"{tr['achieved_gflops']:.1f} GFLOP/s | MFU {100 * tr['mfu']:.1f}% | peak mem "
+    print(f"\n== text2sign bench | preset {r['preset']} | {m['device']} | {m['threads']} threads | torch {m['torch']} | "
+          f"CPU {m['cpu_capability']} ({', '.join(m['cpu_flags'])})")
+    print(f"ceiling  matmul GFLOP/s, medians of {len(m['fp32_gflops_samples'])}: fp32 {m['fp32_matmul_n']}^2 "
+          f"{m['fp32_gflops']:.1f} (min {min(m['fp32_gflops_samples']):.1f}, max {max(m['fp32_gflops_samples']):.1f}) | "
+          f"bf16 {m['bf16_matmul_n']}^2 {m['bf16_gflops']:.1f} (min {min(m['bf16_gflops_samples']):.1f}, "
+          f"max {max(m['bf16_gflops_samples']):.1f}) | load {m['load_avg']:.2f} -> {m['load_avg_end']:.2f}")
+    print(f"train    {tr['precision']} ({tr['precision_reason']}), compile {tr['compile']} | "
+          f"{tr['samples_per_s']:.2f} samples/s | {tr['flops_per_sample'] / 1e9:.2f} GFLOP/sample | "
+          f"{tr['achieved_gflops']:.1f} GFLOP/s | MFU {100 * tr['mfu']:.1f}% of {tr['mfu_ceiling']} "
+          f"({100 * tr['mfu_best']:.1f}% of {tr['mfu_best_ceiling']}) | peak mem "
           f"{tr['peak_memory_mb'] or float('nan'):.0f} MB | data wait {100 * (tr['data_wait_share'] or float('nan')):.1f}% | "
           f"first step {tr['first_step_s']:.2f} s")
+    if r.get("compare"):
+        c = r["compare"]
+        print("compare  " + " | ".join(
+            f"{name} ({c[name]['precision']}, compile {c[name]['compile']}): {c[name]['samples_per_s']:.2f} samples/s, "
+            f"MFU {100 * c[name]['mfu']:.1f}% of {c[name]['mfu_ceiling']}, first step {c[name]['first_step_s']:.1f} s"
+            for name in ("fp32_eager", "default")) + f" | default / fp32 eager {c['default_over_fp32_eager']:.2f}x")
     if "profile" in tr:
         pr = tr["profile"]
         print(f"profile  {pr['steps']} steps, self time by op class: matmul {100 * pr['matmul_share']:.1f}%, "
@@ -320,14 +336,18 @@ def print_report(r: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
+    import bench_compare  # imports this module: here, not at the top
+
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument("--quick", action="store_true", help="few repeats, 2048^2 ceiling (tests)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
-    parser.add_argument("--compile", default="", choices=["", "on", "off"], help="override cfg.compile")
+    parser.add_argument("--compile", default="", choices=["", "auto", "on", "off"], help="override cfg.compile")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: sample,scaling")
+    parser.add_argument("--compare-precision", action="store_true",
+                        help="also time the preset as fp32 eager and as configured, in alternating rounds")
     parser.add_argument("--profile", action="store_true",
                         help="also profile a few training steps (torch.profiler): time by op class and the top ops")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
@@ -337,7 +357,7 @@ def main(argv: list[str]) -> int:
         overrides = {k: parse_value(k, v) for k, v in args.set}
         overrides["device"] = args.device if args.device != "auto" else make_config(args.preset).device
         if args.compile:
-            overrides["compile"] = args.compile == "on"
+            overrides["compile"] = args.compile
         cfg = make_config(args.preset, overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -355,28 +375,28 @@ def main(argv: list[str]) -> int:
     n = 2048 if args.quick else 4096
     reps = 3 if args.quick else 5
 
-    ceiling = matmul_gflops(device, torch.float32, n, reps)
+    sizes = bench_compare.ceiling_sizes(device, n)
+    ceilings = bench_compare.measure_ceilings(device, sizes, reps)
     machine = dict(device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                    threads=torch.get_num_threads(), torch=torch.__version__, cpu=platform.processor(),
-                   cores=os.cpu_count(), load_avg=os.getloadavg()[0], matmul_n=n)
-    if device.type == "cuda":
-        machine["bf16_gflops"] = statistics.median(matmul_gflops(device, torch.bfloat16, 8192, reps))
+                   cores=os.cpu_count(), load_avg=os.getloadavg()[0], matmul_n=n, **bench_compare.cpu_flags())
     train, batch, tokenizer, model = bench_train(cfg, device, args.quick, args.profile)
     sample = {} if "sample" in skip else bench_sample(cfg, device, model, batch, args.quick)
     scaling = {} if "scaling" in skip else bench_scaling(cfg, device, len(tokenizer), args.quick)
-    ceiling += matmul_gflops(device, torch.float32, n, reps)  # again at the end: load changes
-    machine.update(fp32_gflops=statistics.median(ceiling), fp32_gflops_samples=ceiling,
-                   load_avg_end=os.getloadavg()[0])
-    # The ceiling of the precision the training ran in.
-    bf16 = choose_precision(cfg, device).bf16 and "bf16_gflops" in machine
-    train["mfu_ceiling"] = "bf16" if bf16 else "fp32"
-    train["mfu"] = train["achieved_gflops"] / machine["bf16_gflops" if bf16 else "fp32_gflops"]
+    compare = bench_compare.bench_compare(cfg, device, args.quick) if args.compare_precision else {}
+    bench_compare.measure_ceilings(device, sizes, reps, into=ceilings)  # again at the end: load changes
+    machine.update(bench_compare.machine_ceilings(ceilings, sizes), load_avg_end=os.getloadavg()[0])
+    # MFU against the ceiling of the precision each step ran at, and against the machine's best.
+    train.update(bench_compare.mfu_fields(train["achieved_gflops"], train["precision"], machine))
+    for name in ("fp32_eager", "default") if compare else ():
+        compare[name].update(bench_compare.mfu_fields(compare[name]["achieved_gflops"],
+                                                      compare[name]["precision"], machine))
     result = dict(preset=cfg.preset, machine=machine, config=cfg.to_dict(), train=train, sample=sample,
-                  scaling=scaling)
+                  scaling=scaling, compare=compare)
     if not skip:
         print_report(result)
     else:
-        print(json.dumps({k: result[k] for k in ("machine", "train", "sample", "scaling")}, indent=1))
+        print(json.dumps({k: result[k] for k in ("machine", "train", "sample", "scaling", "compare")}, indent=1))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:

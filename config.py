@@ -37,7 +37,7 @@ class Config:
     seed: int = 0  # seeds data order, noise, init; same seed -> same run
     device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast where the hardware has bf16 matrix units) | fp32 | bf16
-    compile: bool = False  # torch.compile the denoiser
+    compile: str = "auto"  # auto | on | off: torch.compile (CPU: each block, CUDA: the model); auto: training.choose_compile
     num_threads: int = 0  # CPU intra-op threads; 0 = torch default (all cores)
     cpu_streams: int = 2  # CPU training: micro-batch slices run concurrently, 1 thread each (streams.py; row 25)
 
@@ -128,6 +128,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "fp32", "bf16"),
+    "compile": ("auto", "on", "off"),
     "dataset": ("synthetic", "how2sign", "phoenix", "wlasl", "folder"),
     "text_field": ("translation", "orth"),
     "tokenizer": ("word", "bpe"),  # data.text.TOKENIZER_KINDS
@@ -163,6 +164,9 @@ MAX_CONFIG_BYTES = 1 << 20  # a YAML override file is a few hundred bytes; a hug
 
 def validate(cfg: Config) -> None:
     """Reject wrong types and impossible combinations, naming the key (called by __post_init__)."""
+    # `compile` was a boolean before `auto` existed: saved configs and flags saying true / false still work.
+    if cfg.compile in (True, False, "true", "false"):
+        object.__setattr__(cfg, "compile", "on" if cfg.compile in (True, "true") else "off")
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         expected = _field_type(f)
@@ -238,8 +242,9 @@ def validate(cfg: Config) -> None:
 
 # Named presets: small overrides of the recipe (the dataclass defaults). `cpu` is the README's demo.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Tests: the recipe at toy size, a training step in well under a second on CPU.
-    "tiny": dict(model_size="tiny", num_frames=4, frame_size_px=16, patch_size_px=4, text_depth=1,
+    # Tests: the recipe at toy size, a training step in well under a second on CPU; fp32 whatever the
+    # hardware, so the tests' numerics do not depend on the machine (precision `auto` does).
+    "tiny": dict(model_size="tiny", precision="fp32", num_frames=4, frame_size_px=16, patch_size_px=4, text_depth=1,
                  frame_cond_depth=1, sampling_steps=5, num_train_samples=64, num_eval_samples=8,
                  batch_size=4, max_steps=20, warmup_steps=2, log_every_steps=5, sample_every_steps=0,
                  checkpoint_every_steps=10, num_sample_prompts=2, eval_at_end=False, tensorboard=False,
@@ -251,7 +256,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(model_size="B", num_frames=32, frame_size_px=64, patch_size_px=4, decoder_channels=32,
                 batch_size=32, max_steps=50000, lr=3e-4, warmup_steps=1000, ema_decay=0.9999,
                 num_train_samples=200000, num_workers=8, cpu_streams=1, sample_every_steps=5000,
-                checkpoint_every_steps=2500, device="cuda", compile=True),
+                checkpoint_every_steps=2500, device="cuda", compile="on"),
     # Data without keypoints: no pose stage, and the extra weight on moving pixels that makes the hands
     # move without one (row 2).
     "no_keypoints": dict(pose_cond=False, motion_loss_weight=4.0),

@@ -178,7 +178,8 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
         n_params = sum(p.numel() for p in model.parameters())
         log(f"text2sign: {cfg.experiment_name} | preset {cfg.preset} | {n_params / 1e6:.2f}M params | "
             f"{len(train_set)} train clips | vocab {len(tokenizer)} | device {device} | precision "
-            f"{precision.name} ({precision.reason}) | world {world} | run folder {out_dir}")
+            f"{precision.name} ({precision.reason}) | compile {trainer.compiled} ({trainer.compile_reason}) | "
+            f"world {world} | run folder {out_dir}")
         if cfg.tensorboard:
             with contextlib.suppress(ImportError):
                 from torch.utils.tensorboard import SummaryWriter
@@ -252,7 +253,8 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
             metrics.add(record)
             bar.update(1)
             if step % cfg.log_every_steps == 0 or step == cfg.max_steps:
-                line = metrics.record(step, record, time.perf_counter(), distributed) | dict(precision=precision.name)
+                line = metrics.record(step, record, time.perf_counter(), distributed) | dict(
+                    precision=precision.name, precision_reason=precision.reason)
                 if is_main:
                     try:
                         with open(metrics_path, "a") as fh:

@@ -21,6 +21,7 @@ from data.video_io import to_uint8_frames, upscale, write_gif, write_mp4
 from diffusion import GaussianDiffusion, build_diffusion
 from models import build_model
 from models.architectures.vivit import ViViTDenoiser
+from training import choose_precision
 
 
 def run_dir(cfg: Config) -> Path:
@@ -135,8 +136,11 @@ def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, tokenizer: To
     Defaults come from the config; the noise is drawn from a generator seeded by `seed`, so the same
     prompts and seed give the same videos. `init` (one clean clip per prompt) and `start_t`: start
     from those clips noised to step start_t (SDEdit; see Text2SignDiffusion.sample).
+    Runs under the config's precision choice (training.choose_precision): bf16 autocast where the
+    hardware has bf16 matrix units, with the same evaluation figures as fp32 (docs/performance.md, round 6).
     """
     device = next(model.parameters()).device
+    precision = choose_precision(cfg, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
     was_training = model.training
@@ -145,12 +149,13 @@ def generate(model: torch.nn.Module, diffusion: GaussianDiffusion, tokenizer: To
         chunk = prompts[start:start + batch_size]
         tokens, mask = encode_prompts(tokenizer, chunk, cfg.max_text_len_tokens, device)
         shape = (len(chunk), 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px)
-        video = diffusion.sample(
-            model, tokens, mask, shape, sampler=sampler or cfg.sampler,
-            steps=steps or cfg.sampling_steps, eta=cfg.ddim_eta if eta is None else eta,
-            guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
-            generator=gen, callback=callback, start_t=start_t,
-            init=None if init is None else init[start:start + batch_size])
+        with precision.autocast(device):
+            video = diffusion.sample(
+                model, tokens, mask, shape, sampler=sampler or cfg.sampler,
+                steps=steps or cfg.sampling_steps, eta=cfg.ddim_eta if eta is None else eta,
+                guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
+                generator=gen, callback=callback, start_t=start_t,
+                init=None if init is None else init[start:start + batch_size])
         out.append(video.float().cpu())
     model.train(was_training)
     return torch.cat(out)

@@ -37,10 +37,12 @@ class StreamedBackward:
     With streams == 1 this is exactly `(loss_fn(all).loss * scale).backward()`.
     """
 
-    def __init__(self, model: torch.nn.Module, streams: int):
+    def __init__(self, model: torch.nn.Module, streams: int, serial_calls: int = 0):
+        """serial_calls: run the slices of the first this many calls one after the other (still in the
+        stream threads, so with their thread settings), e.g. while compiled regions compile."""
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams}")
-        self.streams = streams
+        self.streams, self.serial_calls = streams, serial_calls
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.pool = ThreadPoolExecutor(streams, thread_name_prefix="stream") if streams > 1 else None
 
@@ -60,8 +62,13 @@ class StreamedBackward:
             grads = torch.autograd.grad(result.loss * (share * scale), self.params, allow_unused=True)
             return result, share, grads
 
+        parts = split_evenly(batch_size, self.streams)
         try:
-            outs = list(self.pool.map(run, split_evenly(batch_size, self.streams)))
+            if self.serial_calls > 0:
+                self.serial_calls -= 1
+                outs = [self.pool.submit(run, part).result() for part in parts]
+            else:
+                outs = list(self.pool.map(run, parts))
         finally:
             torch.set_num_threads(main_threads)
         with torch.no_grad():

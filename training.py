@@ -76,13 +76,88 @@ class Precision:
         return torch.autocast(device.type, torch.bfloat16, enabled=self.bf16)
 
 
+def cpu_bf16_units() -> tuple[bool, str]:
+    """Whether this CPU multiplies bf16 matrices in hardware that oneDNN uses, and what was found.
+
+    Asked of torch, not of the CPU's name: its cpuinfo flags (`torch.cpu.get_capabilities()`), the
+    kernel's permission to use the AMX tiles (`torch.cpu._init_amx()`, what inductor asks too), and
+    whether oneDNN is built in and enabled. Only AMX-BF16 counts: AVX512-BF16 alone is a dot-product
+    instruction (no matrix unit), and on AVX2 bf16 matmuls are emulated and slower than fp32
+    (docs/performance.md, round 6).
+    """
+    caps = torch.cpu.get_capabilities()
+    isa = torch.backends.cpu.get_cpu_capability()
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False, f"CPU ({isa}) without oneDNN in this torch: fp32"
+    if caps.get("amx_bf16"):
+        if torch.cpu._init_amx():
+            return True, f"CPU with AMX-BF16 matrix units ({isa}, oneDNN)"
+        return False, f"CPU has AMX-BF16 but the kernel refused its tiles ({isa}): fp32"
+    found = "AVX512-BF16 dot products only" if caps.get("avx512_bf16") else "no bf16 matrix units"
+    return False, f"CPU with {found} ({isa}): fp32"
+
+
 def choose_precision(cfg, device: torch.device) -> Precision:
-    """`precision` auto -> bf16 autocast on CUDA, fp32 elsewhere; fp32 / bf16 as asked."""
+    """`precision` auto -> bf16 autocast on CUDA with bf16 tensor cores (sm_80+) and on CPUs with
+    AMX-BF16 (`cpu_bf16_units`), fp32 elsewhere; fp32 / bf16 as asked. Autocast only: parameters,
+    gradients, optimizer state, EMA and checkpoints stay fp32 whatever the choice."""
     if cfg.precision != "auto":
         return Precision(cfg.precision, "asked for in the config")
     if device.type == "cuda":
-        return Precision("bf16", "auto: CUDA")
-    return Precision("fp32", "auto: CPU")
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return Precision("bf16", f"auto: CUDA sm_{major}{minor} has bf16 tensor cores")
+        return Precision("fp32", f"auto: CUDA sm_{major}{minor} has no bf16 tensor cores")
+    if device.type == "cpu":
+        native, found = cpu_bf16_units()
+        return Precision("bf16" if native else "fp32", f"auto: {found}")
+    return Precision("fp32", f"auto: {device.type}")
+
+
+# `compile: auto` compiles a bf16 CPU run at least this long: the first step's compile (cold inductor
+# cache) took about as long as ~470 bf16 steps save (docs/performance.md, round 6).
+COMPILE_MIN_STEPS = 500
+
+
+def choose_compile(cfg, device: torch.device, precision: Precision) -> tuple[str, str]:
+    """What the step compiles: "blocks" (CPU, regional: `compile_blocks`), "model" (CUDA: the whole
+    denoiser) or "off", and why. `compile` auto -> the blocks of a bf16 CPU run of at least
+    COMPILE_MIN_STEPS steps, where fusing the elementwise work pays its compile time; off elsewhere
+    (an fp32 CPU step saves ~11%, about its compile time over a demo; CUDA is not measured yet)."""
+    if cfg.compile == "off":
+        return "off", "off in the config"
+    mode = "blocks" if device.type == "cpu" else "model"
+    if cfg.compile == "on":
+        return mode, "on in the config"
+    if device.type != "cpu" or not precision.bf16:
+        return "off", f"auto: {device.type} {precision.name} step"
+    if cfg.max_steps < COMPILE_MIN_STEPS:
+        return "off", f"auto: {cfg.max_steps} steps < {COMPILE_MIN_STEPS} do not pay the compile time"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        get_cpp_compiler()
+    except Exception as exc:  # inductor's CPU backend needs a C++ compiler
+        return "off", f"auto: no C++ compiler for inductor ({type(exc).__name__})"
+    return "blocks", f"auto: bf16 CPU step, {cfg.max_steps} steps"
+
+
+def compile_blocks(model: torch.nn.Module, streams: int) -> int:
+    """torch.compile every transformer `Block` of `model` in place (regional compilation: the blocks
+    share their code, so one compile serves all of them, in a fraction of a whole-model compile's
+    time); returns how many. State-dict keys are unchanged.
+
+    CPU options: inductor's C++ wrapper (`cpp_wrapper`) releases the GIL for the whole compiled
+    graph, so two CPU streams run their compiled blocks at the same time; with the default Python
+    wrapper each fused kernel holds the GIL and the streams take turns (docs/performance.md, round 6).
+    With streams, each kernel gets one OpenMP thread, like the eager ops in a stream.
+    """
+    from models.architectures.blocks import Block
+
+    options = {"cpp_wrapper": True, **({"cpp.threads": 1} if streams > 1 else {})}
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for block in blocks:
+        block.compile(options=options)
+    return len(blocks)
 
 
 class NonFiniteError(RuntimeError):
@@ -125,9 +200,14 @@ class Trainer:
         self.ema = make_ema(model, cfg.ema_decay)
         self.optimizer = make_optimizer(model, cfg)
         net = DDP(model) if self.distributed else model
-        self.net = torch.compile(net) if cfg.compile else net
+        self.compiled, self.compile_reason = choose_compile(cfg, device, precision)
+        if self.compiled == "blocks":  # after make_ema: the EMA copy, which samples and evaluates, stays eager
+            compile_blocks(model, streams)
+        self.net = torch.compile(net) if self.compiled == "model" else net
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        self.backward = StreamedBackward(model, streams)
+        # The first step compiles: its streams run one after the other, so the second finds the code
+        # the first compiled (dynamo's compile lock serialises two compiles but does not skip the second).
+        self.backward = StreamedBackward(model, streams, serial_calls=1 if self.compiled == "blocks" else 0)
         self.micro = cfg.batch_size // (cfg.grad_accum_steps * world)
 
     def loss_fn(self, x0: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,

@@ -47,6 +47,7 @@ from evaluation.pose_report import can_score, format_pose_table, gloss_labels, p
 from evaluation.tracking import track_hands
 from evaluation.video_distance import clip_features, dataset_features, kernel_video_distance, load_or_train_encoder
 from pipeline import Clips, first_clips, generate
+from training import choose_precision
 
 CONDITIONS = ("intended", "no_text", "shuffled", "ground_truth", "other_rendering")
 RANKING_TIMESTEPS = (5, 15, 25, 35, 45)  # spread over the schedule; scaled to num_timesteps
@@ -245,7 +246,10 @@ def evaluate_model(model: torch.nn.Module, diffusion: GaussianDiffusion, tokeniz
     fvd, pool_size = video_distances(videos, cfg, split, log, num_read=n + len(skipped))
     for cond, video in videos.items():
         results[cond] = dict(score(video, refs), fvd=fvd[cond])
-    results["prompt_ranking_top1"] = prompt_ranking(model, diffusion, tokenizer, refs, cfg, seed)
+    # Under the same precision as sampling (generate): bf16 ranked every clip as fp32 did (round 6).
+    device = next(model.parameters()).device
+    with choose_precision(cfg, device).autocast(device):
+        results["prompt_ranking_top1"] = prompt_ranking(model, diffusion, tokenizer, refs, cfg, seed)
     if synthetic:
         results["canonical_dtw_floor"] = canonical_dtw_floor(refs, cfg.num_frames)
     if getattr(model, "pose", None) is not None and clips.pose_xy is not None:
