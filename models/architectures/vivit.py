@@ -59,7 +59,9 @@ class FinalProjection(nn.Module):
     def forward(self, x_up: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
         """x_up (B*T, C, H, W), x_in (B*T, input_channels, H, W) -> (B*T, 3, H, W)."""
         h = self.conv(torch.cat([x_up, x_in], dim=1) if self.sees_input else x_up)
-        return self.out(x_up + F.relu(self.norm(h)))
+        # The norm in fp32: under bf16 autocast, GroupNorm on channels-last activations takes a slow
+        # path in torch (docs/performance.md, round 6).
+        return self.out(x_up + F.relu(self.norm(h.float())).to(h.dtype))
 
 
 class PixelRefiner(nn.Module):
@@ -89,7 +91,9 @@ class PixelRefiner(nn.Module):
         film = self.film(cond)[:, :, None, None].chunk(2 * len(self.convs), dim=1)
         h = None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            y = F.silu(torch.addcmul(film[2 * i + 1], norm(conv(feats if h is None else h)), 1 + film[2 * i]))
+            z = conv(feats if h is None else h)
+            # fp32 norm: the slow bf16 channels-last GroupNorm path, as in FinalProjection
+            y = F.silu(torch.addcmul(film[2 * i + 1], norm(z.float()).to(z.dtype), 1 + film[2 * i]))
             h = y if h is None else h + y
         return self.out(h)
 
