@@ -104,6 +104,8 @@ def choose_precision(cfg, device: torch.device) -> Precision:
     if cfg.precision != "auto":
         return Precision(cfg.precision, "asked for in the config")
     if device.type == "cuda":
+        if not torch.cuda.is_available():  # planning for a GPU from a machine without one (limits.py)
+            return Precision("bf16", "auto: CUDA (no device here to ask; assumed sm_80 or newer)")
         major, minor = torch.cuda.get_device_capability(device)
         if major >= 8:
             return Precision("bf16", f"auto: CUDA sm_{major}{minor} has bf16 tensor cores")

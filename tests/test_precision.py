@@ -48,8 +48,15 @@ def test_explicit_precision_wins_over_the_hardware(monkeypatch, asked):
 @pytest.mark.parametrize("capability, expected", [((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp32")])
 def test_auto_precision_on_cuda_needs_bf16_tensor_cores(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     choice = training.choose_precision(make_config("cpu", dict(precision="auto")), torch.device("cuda"))
     assert choice.name == expected and f"sm_{capability[0]}{capability[1]}" in choice.reason
+
+
+def test_auto_precision_plans_bf16_for_a_gpu_it_cannot_see(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    choice = training.choose_precision(make_config("cpu", dict(precision="auto")), torch.device("cuda"))
+    assert choice.name == "bf16" and "no device" in choice.reason
 
 
 def test_tiny_preset_is_fp32_on_every_machine():

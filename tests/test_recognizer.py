@@ -9,6 +9,7 @@ from config import make_config
 from data import skeleton
 from data.real.common import DatasetError
 from data.synthetic import SyntheticSignDataset
+from checkpoint import CheckpointError
 from evaluation.recognizer import (BLANK, PoseCTCRecognizer, Recognizer, RecognizerSpec, collect_clips,
                                    ctc_collapse, dataset_scores, load_or_train, main, recognizer_path,
                                    recognizer_scores, train_recognizer)
@@ -56,7 +57,7 @@ def test_file_holds_plain_tensors_and_loads_with_weights_only(tmp_path, tiny_set
     assert loaded.decode(xy, vis) == tiny_recognizer.decode(xy, vis)
     assert loaded.spec == TINY
     (tmp_path / "bad.pt").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="not a loadable recogniser"):
+    with pytest.raises(CheckpointError, match="not a loadable recogniser"):
         Recognizer.load(str(tmp_path / "bad.pt"))
 
 

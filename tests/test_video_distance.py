@@ -43,7 +43,7 @@ def test_flicker_ratio_is_one_on_ground_truth_and_grows_with_noise():
 
 def test_labels_are_glosses_or_caption_words():
     assert clip_labels(dict(glosses=["HELLO", "GO", "HELLO"], caption="hi, go")) == ["GO", "HELLO"]
-    assert clip_labels(dict(caption="Der Regen, der REGEN kommt-morgen.")) == ["der", "kommt-morgen", "regen"]
+    assert clip_labels(dict(caption="Der Regen, der REGEN kommt-morgen.")) == ["der", "kommt", "morgen", "regen"]
 
 
 def test_encoder_training_is_deterministic_and_leaves_the_callers_rng_alone(tmp_path):
@@ -81,8 +81,8 @@ def test_encoder_is_cached_and_reloads_the_same_features(tmp_path, monkeypatch):
     assert torch.equal(clip_features(first, probe), clip_features(second, probe))
     # What shapes the encoder is in the key: another recipe trains another one.
     load_or_train_encoder(cfg, log=logs.append, recipe=dict(recipe, seed=1))
-    assert logs and len(list((tmp_path / ".video_encoder").glob("*.pt"))) == 2
-    for path in (tmp_path / ".video_encoder").glob("*.pt"):
+    assert logs and len(list((tmp_path / ".text2sign_cache").glob("*.pt"))) == 2
+    for path in (tmp_path / ".text2sign_cache").glob("*.pt"):
         path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="error: video encoder cache .* could not be loaded"):
         load_or_train_encoder(cfg, log=lambda *x: None, recipe=recipe)
