@@ -1,5 +1,7 @@
 """flicker_ratio and the in-domain video distance (fvd): ground truth scores its floor, broken video does not."""
 import pytest
+
+from checkpoint import CheckpointError
 import torch
 
 from config import make_config
@@ -84,7 +86,7 @@ def test_encoder_is_cached_and_reloads_the_same_features(tmp_path, monkeypatch):
     assert logs and len(list((tmp_path / ".text2sign_cache").glob("*.pt"))) == 2
     for path in (tmp_path / ".text2sign_cache").glob("*.pt"):
         path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="error: video encoder cache .* could not be loaded"):
+    with pytest.raises(CheckpointError, match="video encoder cache .* could not be loaded"):
         load_or_train_encoder(cfg, log=lambda *x: None, recipe=recipe)
 
 
