@@ -13,7 +13,6 @@ boundary inside the loop.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -31,14 +30,12 @@ from checkpoint import (CheckpointError, DivergedError, checkpoint_paths, load_l
 from cli import EXIT_NONFINITE, EXIT_SIGNAL, Stopped, StopSignals
 from config import dump_yaml, parse_cli
 from data import build_dataset, check_dataset, make_train_loader
-from data.real.common import DatasetError
 from data.text import build_tokenizer, tokenizer_from_state, usable_prompt
-from integrity import nonfinite_tensor
 from diffusion import build_diffusion, build_objective
 from limits import check_disk, check_memory
 from models import build_model
-from pipeline import generate, predict_keypoints, resolve_device, run_dir, save_samples
-from run_folder import RunFolder, trim_metrics
+from pipeline import generate, init_distributed, predict_keypoints, resolve_device, run_dir, save_samples
+from run_folder import MetricsLog, RunFolder
 from training import MetricsWindow, NonFiniteError, Trainer, choose_precision
 
 
@@ -82,24 +79,33 @@ def quarantine(path, log) -> None:
     log(f"WARNING: {path} holds the weights that produced the non-finite loss; renamed to {target.name}")
 
 
-@torch.no_grad()
-def output_is_finite(model: torch.nn.Module, cfg, device: torch.device, precision) -> bool:
-    """One forward of `model` (eval mode, then back) on a fixed random clip and caption. Weights can
-    be finite yet diverged (--lr 1e30 leaves ~1e30 after one step), and their next training step is
-    NaN: such weights must not be saved over a good checkpoint. Draws from its own generator, so
-    the run's random streams are untouched."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px, generator=gen).to(device)
-    t = torch.full((1,), cfg.num_timesteps // 2, dtype=torch.long, device=device)
-    tokens = torch.full((1, 1), 2, dtype=torch.long, device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with precision.autocast(device):
-            out = model(x, t, tokens, torch.ones_like(tokens, dtype=torch.bool))
-    finally:
-        model.train(was_training)
-    return bool(torch.isfinite(out).all())
+def kept_note(out_dir) -> str:
+    kept = checkpoint_paths(out_dir)
+    return f"the last good checkpoint {kept[0]} is kept" if kept else "no checkpoint is kept"
+
+
+def earlier_state(step: int, out_dir, resumed_at: int | None, is_main: bool, log, distributed: bool):
+    """After a non-finite step: the checkpoint that produced it is renamed aside (every resume from
+    it would stop here again), and, when the failing step was the first after loading, the
+    checkpoint before it is returned, to fall back to once. None: stop the run."""
+    produced = out_dir / "checkpoints" / f"ckpt_{step:08d}.pt"
+    if is_main and produced.exists():
+        quarantine(produced, log)
+    if distributed:
+        dist.barrier()
+    if resumed_at != step:
+        return None
+    return load_latest(out_dir, "cpu", log=log, before_step=step)
+
+
+def fall_back(previous, trainer: Trainer, tokenizer, exc: NonFiniteError, log) -> int:
+    """Load the checkpoint before the one whose first step was non-finite; returns its step."""
+    state, path = previous
+    if state["tokenizer"] != tokenizer.state():
+        raise CheckpointError(f"{path}: its vocabulary differs from the newer checkpoint's")
+    step = trainer.load(state, path)
+    log(f"\nWARNING: {exc}, the first step after loading the checkpoint; falling back (once) to {path} at step {step}")
+    return step
 
 
 def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -> int:
@@ -112,14 +118,8 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
     estimate = check_memory(cfg, device)
 
     # --- distributed, device, precision, seeds (torchrun sets RANK; rank 0 logs and saves) --------
-    distributed, rank, world = "RANK" in os.environ, 0, 1
-    if distributed:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-    is_main = rank == 0
+    device, rank, world = init_distributed(device)
+    distributed, is_main = world > 1 or dist.is_initialized(), rank == 0
     log = print if is_main else (lambda *a, **k: None)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -133,21 +133,14 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
     if is_main:
         check_disk(cfg, estimate)
         resources.enter_context(RunFolder(out_dir))
-    found = load_latest(out_dir, "cpu", log=log)
-    state, state_path = found if found else (None, None)
-    mismatch = model_config_mismatch(state["config"], cfg) if state else {}
-    if mismatch:
-        print(f"error: checkpoint {state_path} was trained with different model settings: " +
-              ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in mismatch.items()),
-              file=sys.stderr)
-        return 2
+    state, state_path = load_latest(out_dir, "cpu", log=log) or (None, None)
+    if state and (mismatch := model_config_mismatch(state["config"], cfg)):
+        raise CheckpointError(f"checkpoint {state_path} was trained with different model settings: " + ", ".join(
+            f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in mismatch.items()))
 
     # --- data ------------------------------------------------------------------------------------
     train_set = build_dataset(cfg, "train")
-    try:
-        check_dataset(cfg, train_set)
-    except ValueError as exc:
-        raise DatasetError(str(exc)) from None
+    check_dataset(cfg, train_set)
     tokenizer = tokenizer_from_state(state["tokenizer"]) if state else build_tokenizer(cfg, train_set.captions)
     prompt_split = "test" if cfg.dataset == "synthetic" else "val"
     sample_prompts = [c for c in build_dataset(cfg, prompt_split).captions
@@ -162,41 +155,24 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
         log(f"cpu_streams={cfg.cpu_streams} ignored ({'torchrun' if distributed else device.type}): 1 stream")
     trainer = Trainer(cfg, model, build_objective(cfg, diffusion), device, precision, rank=rank, world=world,
                       streams=streams)
-    start_step = 0
-    if state is not None:
-        start_step = trainer.load(state, state_path)
+    start_step = trainer.load(state, state_path) if state else 0
+    if state:
         log(f"Resuming experiment '{cfg.experiment_name}' from {state_path} at step {start_step}")
     batches = iter(make_train_loader(cfg, train_set, tokenizer, start_step, rank, world))
-    writer = None
-    metrics_path = out_dir / "metrics.jsonl"
     if is_main:
         try:
             write_text_atomic(out_dir / "config.yaml", dump_yaml(cfg))
-            trim_metrics(metrics_path, start_step)  # steps after the checkpoint are logged again
+            metrics_log = MetricsLog(out_dir / "metrics.jsonl", start_step, cfg.tensorboard and out_dir / "tb" or None)
         except OSError as exc:
             return fail(*io_failure(exc, "cannot write to the run folder", out_dir, out_dir))
-        n_params = sum(p.numel() for p in model.parameters())
-        log(f"text2sign: {cfg.experiment_name} | preset {cfg.preset} | {n_params / 1e6:.2f}M params | "
-            f"{len(train_set)} train clips | vocab {len(tokenizer)} | device {device} | precision "
-            f"{precision.name} ({precision.reason}) | compile {trainer.compiled} ({trainer.compile_reason}) | "
-            f"world {world} | run folder {out_dir}")
-        if cfg.tensorboard:
-            with contextlib.suppress(ImportError):
-                from torch.utils.tensorboard import SummaryWriter
-                writer = SummaryWriter(str(out_dir / "tb"))
+        log(f"text2sign: {cfg.experiment_name} | preset {cfg.preset} | "
+            f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | {len(train_set)} train clips | "
+            f"vocab {len(tokenizer)} | device {device} | precision {precision.name} ({precision.reason}) | "
+            f"compile {trainer.compiled} ({trainer.compile_reason}) | world {world} | run folder {out_dir}")
 
     def save(step: int) -> None:
-        state = trainer.state(step) | dict(config=cfg.to_dict(), tokenizer=tokenizer.state(),
-                                           precision=dict(name=precision.name, reason=precision.reason))
-        # Checked on every rank (their weights are the same), so under torchrun all stop together.
-        bad = nonfinite_tensor(state) and "its weights hold NaN or inf"
-        for name, net in (("model", model), ("EMA", trainer.ema.module)):
-            if not bad and not output_is_finite(net, cfg, device, precision):
-                bad = f"the {name}'s output on a probe clip is NaN or inf (finite but diverged weights)"
-        if bad:
-            kept = checkpoint_paths(out_dir)
-            raise DivergedError(f"not saving step {step}: {bad}, e.g. a learning rate too high; "
-                                + (f"the last good checkpoint {kept[0]} is kept" if kept else "no checkpoint is kept"))
+        state = trainer.checked_state(step) | dict(config=cfg.to_dict(), tokenizer=tokenizer.state(),
+                                                   precision=dict(name=precision.name, reason=precision.reason))
         if is_main:
             save_checkpoint(out_dir, state, cfg.keep_checkpoints)
 
@@ -213,38 +189,21 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
     metrics = MetricsWindow(cfg, device)
     metrics.reset(time.perf_counter())
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not is_main, dynamic_ncols=True)
-    step = start_step
-    fell_back = False
+    step, resumed_at = start_step, start_step if state else None
     trainer.net.train()
     with stop.deferred():
         while step < cfg.max_steps:
             try:
                 record = trainer.step(batches, step)
             except NonFiniteError as exc:
-                # A checkpoint at this step holds the weights that produced it: every resume from it
-                # would stop here again.
-                produced = out_dir / "checkpoints" / f"ckpt_{step:08d}.pt"
-                if is_main and produced.exists():
-                    quarantine(produced, log)
-                if distributed:
-                    dist.barrier()
-                previous = (load_latest(out_dir, "cpu", log=log, before_step=step)
-                            if step == start_step and state is not None and not fell_back else None)
+                previous = earlier_state(step, out_dir, resumed_at, is_main, log, distributed)
                 if previous is None:
-                    kept = checkpoint_paths(out_dir)
-                    return fail(EXIT_NONFINITE, f"{exc}; " + (f"the last good checkpoint {kept[0]} is kept"
-                                                              if kept else "no checkpoint is kept"), bar)
-                # Right after loading: fall back to the checkpoint before, once.
-                (state, state_path), fell_back = previous, True
-                if state["tokenizer"] != tokenizer.state():
-                    raise CheckpointError(f"{state_path}: its vocabulary differs from the newer checkpoint's")
-                start_step = step = trainer.load(state, state_path)
-                log(f"\nWARNING: {exc}, the first step after loading the checkpoint; falling back (once) to "
-                    f"{state_path} at step {step}")
+                    return fail(EXIT_NONFINITE, f"{exc}; {kept_note(out_dir)}", bar)
+                step, resumed_at = fall_back(previous, trainer, tokenizer, exc, log), None  # once
                 del batches
                 batches = iter(make_train_loader(cfg, train_set, tokenizer, step, rank, world))
                 if is_main:
-                    trim_metrics(metrics_path, step)
+                    metrics_log.restart(step)
                 metrics.reset(time.perf_counter())
                 bar.reset(total=cfg.max_steps)
                 bar.update(step)
@@ -257,13 +216,9 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
                     precision=precision.name, precision_reason=precision.reason)
                 if is_main:
                     try:
-                        with open(metrics_path, "a") as fh:
-                            fh.write(json.dumps(line) + "\n")
+                        metrics_log.append(line)
                     except OSError as exc:
-                        return fail(*io_failure(exc, "cannot append to", metrics_path, out_dir), bar)
-                    for key, value in line.items() if writer else ():
-                        if isinstance(value, float):
-                            writer.add_scalar(f"train/{key}", value, step)
+                        return fail(*io_failure(exc, "cannot append to", metrics_log.path, out_dir), bar)
                     bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", sps=f"{line['samples_per_s']:.1f}")
             # Every rank must agree on stopping at this step (a signal may reach only some of them).
             stopping = torch.tensor(float(bool(stop.received)), device=device)
@@ -273,7 +228,7 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
                 try:
                     save(step)
                 except DivergedError as exc:  # non-finite weights: nothing written, the last good one kept
-                    return fail(EXIT_NONFINITE, str(exc), bar)
+                    return fail(EXIT_NONFINITE, f"{exc}; {kept_note(out_dir)}", bar)
                 except CheckpointError as exc:  # full or read-only disk: the message says what is intact
                     return fail(1, str(exc), bar)
             if stopping.item():
@@ -292,7 +247,7 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
         if start_step < cfg.max_steps or not (out_dir / "samples" / f"step_{step:08d}.gif").exists():
             write_samples(step)
         if is_main and cfg.eval_at_end and cfg.dataset == "synthetic":
-            from evaluation.runner import evaluate_run
+            from evaluation.runner import evaluate_run  # the evaluation's imports only when it runs
 
             evaluate_run(trainer.ema.module, diffusion, tokenizer, cfg, split="test",
                          json_path=out_dir / "eval_test.json", log=log)
@@ -302,8 +257,8 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
         return exc.exit_code
     except OSError as exc:
         return fail(*io_failure(exc, "cannot write the final samples or evaluation", None, out_dir))
-    if writer:
-        writer.close()
+    if is_main:
+        metrics_log.close()
     if distributed:
         dist.destroy_process_group()
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 import cli
 from checkpoint import CheckpointError, load_checkpoint, load_latest, load_weights
@@ -34,6 +35,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config key 'device'='cuda' but no CUDA device is available (use cpu or auto)")
     return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> tuple[torch.device, int, int]:
+    """(device, rank, world) of this process: under torchrun (RANK set) it joins the process group
+    (NCCL on CUDA, each rank on its LOCAL_RANK's GPU; gloo on CPU); otherwise rank 0 of 1."""
+    if "RANK" not in os.environ:
+        return device, 0, 1
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, dist.get_rank(), dist.get_world_size()
 
 
 def add_run_arguments(parser, *, required: bool = False) -> None:

@@ -158,3 +158,34 @@ def trim_metrics(path: str | os.PathLike, step: int) -> int:
         return 0
     write_text_atomic(path, "".join(line + "\n" for line in kept))
     return len(lines) - len(kept)
+
+
+class MetricsLog:
+    """The run's metrics.jsonl (one JSON line per log step, appended) and, when asked for and
+    installed, a TensorBoard writer of its float values. Opening it trims the rows after
+    `start_step`: a resumed run logs those steps again."""
+
+    def __init__(self, path: str | os.PathLike, start_step: int, tensorboard_dir: str | os.PathLike | None = None):
+        self.path = Path(path)
+        trim_metrics(self.path, start_step)
+        self.writer = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                return
+            self.writer = SummaryWriter(str(tensorboard_dir))
+
+    def append(self, line: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        for key, value in line.items() if self.writer else ():
+            if isinstance(value, float):
+                self.writer.add_scalar(f"train/{key}", value, line["step"])
+
+    def restart(self, step: int) -> None:
+        trim_metrics(self.path, step)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()

@@ -17,8 +17,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel
 
-from checkpoint import FORMAT_VERSION, gather_rng_states, load_weights, rng_state, set_rng_state, unwrap
+from checkpoint import FORMAT_VERSION, DivergedError, gather_rng_states, load_weights, rng_state, set_rng_state, unwrap
 from diffusion.objective import DenoisingLoss, LossTerms
+from integrity import nonfinite_tensor
 from streams import StreamedBackward
 
 
@@ -189,6 +190,24 @@ def batch_cond(batch: dict[str, Any], pose_cond: bool, device: torch.device) -> 
     return dict(pose_xy=batch["pose_xy"].to(device), pose_visible=batch["pose_visible"].to(device))
 
 
+@torch.no_grad()
+def output_is_finite(model: torch.nn.Module, cfg, device: torch.device, precision: Precision) -> bool:
+    """One forward of `model` (eval mode, then back) on a fixed random clip and caption. Draws from
+    its own generator, so the run's random streams are untouched."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px, generator=gen).to(device)
+    t = torch.full((1,), cfg.num_timesteps // 2, dtype=torch.long, device=device)
+    tokens = torch.full((1, 1), 2, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with precision.autocast(device):
+            out = model(x, t, tokens, torch.ones_like(tokens, dtype=torch.bool))
+    finally:
+        model.train(was_training)
+    return bool(torch.isfinite(out).all())
+
+
 class Trainer:
     """Model, EMA, optimizer and the step that updates them, as every entry point takes it.
 
@@ -261,6 +280,20 @@ class Trainer:
                     model=unwrap(self.model).state_dict(), ema=self.ema.module.state_dict(),
                     ema_num_updates=int(self.ema.n_averaged), optimizer=self.optimizer.state_dict(),
                     rng=gather_rng_states(self.generator) if self.distributed else rng_state(self.generator))
+
+    def checked_state(self, step: int) -> dict[str, Any]:
+        """`state(step)`, or DivergedError when the weights must not be saved over a good checkpoint:
+        NaN or inf in them, or finite weights whose output already is (--lr 1e30 leaves ~1e30 after
+        one step, and the next step is NaN). Checked on every rank (their weights are the same), so
+        under torchrun all stop together."""
+        state = self.state(step)
+        bad = nonfinite_tensor(state) and "its weights hold NaN or inf"
+        for name, net in (("model", self.model), ("EMA", self.ema.module)):
+            if not bad and not output_is_finite(net, self.cfg, self.device, self.precision):
+                bad = f"the {name}'s output on a probe clip is NaN or inf (finite but diverged weights)"
+        if bad:
+            raise DivergedError(f"not saving step {step}: {bad}, e.g. a learning rate too high")
+        return state
 
     def load(self, state: dict[str, Any], path) -> int:
         """Restore in the fixed order (RELIABILITY.md rule 4): model and EMA, optimizer, RNG last.

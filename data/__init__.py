@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data.real.common import DatasetError
 from data.text import Collate, Tokenizer
 
 if TYPE_CHECKING:  # config imports the model registry, whose builder reads data/skeleton.py
@@ -46,14 +47,15 @@ def derived_cache_dir(cfg: Config) -> str:
 
 
 def check_dataset(cfg: Config, dataset: Dataset) -> None:
-    """Fail before any training step unless sample 0 has the shape and the keys the config needs."""
+    """Fail (DatasetError) before any training step unless sample 0 has the shape and the keys the
+    config needs."""
     first = dataset[0]
     expected = (3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px)
     if tuple(first["video"].shape) != expected:
-        raise ValueError(f"dataset '{cfg.dataset}' sample 0 has video shape {tuple(first['video'].shape)}, "
+        raise DatasetError(f"dataset '{cfg.dataset}' sample 0 has video shape {tuple(first['video'].shape)}, "
                          f"expected {expected}")
     if cfg.pose_cond and "pose_xy" not in first:
-        raise ValueError(f"dataset '{cfg.dataset}' sample 0 has no keypoints (pose_xy), which the pose "
+        raise DatasetError(f"dataset '{cfg.dataset}' sample 0 has no keypoints (pose_xy), which the pose "
                          "stage (pose_cond) trains on; use --preset no_keypoints for data without them")
 
 
