@@ -3,13 +3,13 @@
     python bench.py                                   # cpu preset, prints a table
     python bench.py --preset gpu --device cuda --json out.json
     python bench.py --preset tiny --quick --json /tmp/b.json   # seconds; what the test runs
-    python bench.py --preset cpu --compare-precision --skip sample,scaling   # fp32 eager vs default
+    python bench.py --preset cpu --compare_precision --skip sample,scaling   # fp32 eager vs default
 
 MFU = achieved training GFLOP/s (FLOPs counted by torch.utils.flop_counter over one forward and
 backward, times measured samples/s) / the median GFLOP/s of a 4096x4096 matmul in the precision the
 step ran at (fp32 or bf16, both measured in the same run, at the start and again at the end, so a
 machine shared with other jobs loads both sides of the ratio alike); `mfu_best` is against the
-higher of the two. `--compare-precision` also times the preset as fp32 eager and as configured, in
+higher of the two. `--compare_precision` also times the preset as fp32 eager and as configured, in
 alternating rounds (bench_compare.py). Every figure is a median over repeats after warm-up. Training uses the
 real data loader, so the data-wait share is the time spent in `next(loader)` over the step time.
 """
@@ -346,7 +346,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
     parser.add_argument("--compile", default="", choices=["", "auto", "on", "off"], help="override cfg.compile")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: sample,scaling")
-    parser.add_argument("--compare-precision", action="store_true",
+    parser.add_argument("--compare_precision", action="store_true",
                         help="also time the preset as fp32 eager and as configured, in alternating rounds")
     parser.add_argument("--profile", action="store_true",
                         help="also profile a few training steps (torch.profiler): time by op class and the top ops")

@@ -1,5 +1,5 @@
 """The bench's precision side: both matmul ceilings, MFU against the one the step ran at, and
-`--compare-precision` (the same preset as fp32 eager and as configured, timed in one sitting).
+`--compare_precision` (the same preset as fp32 eager and as configured, timed in one sitting).
 
 Why two ceilings: on a CPU with AMX-BF16 the bf16 matmul ceiling is several times the fp32 one
 (docs/performance.md, round 6), so an MFU against the fp32 ceiling says nothing about a bf16 step,

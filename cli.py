@@ -173,11 +173,24 @@ def run(main: Callable[[list[str]], int], argv: list[str], restore_signals: bool
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's error format: one `error: ...` line, exit code 2."""
+    """argparse with the project's error format: one `error: ...` line, exit code 2. Flags are
+    spelled with underscores, as config keys are (`--output_dir`); the hyphen spelling of a long
+    flag (`--output-dir`) is read as the same flag."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([_underscored(a) for a in args], namespace)
 
     def error(self, message: str):
         print(f"error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _underscored(arg: str) -> str:
+    if not arg.startswith("--") or arg == "--":
+        return arg
+    flag, eq, value = arg.partition("=")
+    return flag.replace("-", "_").replace("__", "--", 1) + eq + value
 
 
 def positive(kind: type = int) -> Callable[[str], object]:

@@ -25,7 +25,7 @@ in a frame with the same rate (the loader then falls back to the body wrist).
 """
 from __future__ import annotations
 
-import argparse
+import cli
 import dataclasses
 import json
 import os
@@ -189,7 +189,7 @@ def main(argv: list[str]) -> int:
     from config import Config
 
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    parser = argparse.ArgumentParser(prog="python -m data.export_synthetic", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m data.export_synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", metavar="OUT")
     parser.add_argument("--num_train", type=int, default=2000, help="train clips (default 2000)")
     parser.add_argument("--num_eval", type=int, default=defaults["num_eval_samples"], help="val and test clips each")

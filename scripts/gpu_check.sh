@@ -2,7 +2,7 @@
 # The GPU check in one command (written for a one-call GPU session; not yet run on a GPU):
 #   OUT=/some/dir bash scripts/gpu_check.sh
 # 1. environment: nvidia-smi, torch/CUDA versions, bf16 support;
-# 2. bench.py --preset gpu --device cuda --compare-precision (bf16 autocast, TF32, torch.compile):
+# 2. bench.py --preset gpu --device cuda --compare_precision (bf16 autocast, TF32, torch.compile):
 #    fp32 and bf16 matmul ceilings, training MFU against the ceiling of the precision used (and the
 #    best one), sampling s/clip, scaling, and fp32 eager vs the default path timed in alternating
 #    rounds (compare.*) -> $OUT/bench_gpu.json; then the same with compile off (the compile
@@ -37,7 +37,7 @@ print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\",
 assert torch.cuda.is_available(), \"no CUDA device visible\"
 print(torch.cuda.get_device_name(0), \"bf16\", torch.cuda.is_bf16_supported())
 "'
-run bench_gpu "$BENCH_LIMIT_S" python bench.py --preset gpu --device cuda --compare-precision \
+run bench_gpu "$BENCH_LIMIT_S" python bench.py --preset gpu --device cuda --compare_precision \
     --json "$OUT/bench_gpu.json"
 run bench_gpu_eager "$BENCH_LIMIT_S" python bench.py --preset gpu --device cuda --compile off \
     --skip scaling --json "$OUT/bench_gpu_eager.json"

@@ -152,7 +152,7 @@ def test_bench_compare_precision_writes_both_figures(tmp_path):
     threads = torch.get_num_threads()
     try:  # --set precision bf16: the default path runs bf16, the comparison's other side fp32
         assert bench.main(["--preset", "tiny", "--quick", "--threads", "1", "--skip", "sample,scaling",
-                           "--compare-precision", "--set", "precision", "bf16", "--json", str(path)]) == 0
+                           "--compare_precision", "--set", "precision", "bf16", "--json", str(path)]) == 0
     finally:
         torch.set_num_threads(threads)
     result = json.loads(path.read_text())
