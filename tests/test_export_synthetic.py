@@ -129,3 +129,31 @@ def test_cli_refuses_a_non_empty_folder_and_bad_values(tmp_path, capsys):
     assert main([str(tmp_path / "y"), "--frame_height_px", "35"]) == 2
     assert "--frame_height_px" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_a_run_on_the_export_is_scored_in_pose_space_through_evaluate(clean_tree, tmp_path, capsys):
+    """The real-data path end to end at toy size: train on the How2Sign tree (keypoints from its
+    OpenPose JSON only), then evaluate.py's pose section for every condition, and the exact
+    back-translator on the exported captions."""
+    import evaluate
+    import main as train_main
+
+    root, _ = clean_tree
+    flags = ["--preset", "tiny", "--dataset", "how2sign", "--data_root", str(root), "--cache_dir",
+             str(tmp_path / "cache"), "--num_frames", str(NUM_FRAMES), "--frame_size_px", str(FRAME_SIZE_PX),
+             "--patch_size_px", "4", "--max_bad_clip_fraction", "0", "--seed", "5", "--max_steps", "2",
+             "--num_sample_prompts", "1", "--output_dir", str(tmp_path), "--experiment_name", "h2s"]
+    assert train_main.main(flags) == 0
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--experiment", "h2s", "--output_dir", str(tmp_path), "--split", "test",
+                          "--scorer", "synthetic", "--recognizer", "none", "--json", str(out)]) == 0
+    with open(out) as fh:
+        results = json.load(fh)
+    pose = results["pose"]
+    for condition in ("intended", "no_text", "shuffled", "ground_truth"):
+        assert {"dtw_mje", "total_distance"} <= set(pose[condition]), condition
+    assert pose["ground_truth"]["dtw_mje"] == pytest.approx(0.0, abs=1e-6)  # the reference against itself
+    assert pose["ground_truth"]["total_distance"] == pytest.approx(1.0, abs=1e-6)
+    assert pose["intended"]["dtw_mje"] > 0  # two steps of training do not reproduce the reference
+    assert 0 <= results["intended"]["gloss_accuracy"] <= 1  # the exact back-translator read the clips
+    assert "pose metric" in capsys.readouterr().out  # the table printed the pose section
