@@ -67,7 +67,7 @@ class Config:
     text_depth: int = 2  # layers of the text transformer
     frame_cond_depth: int = 2  # layers of the text -> per-frame adaLN decoder (FrameAligner); 0 = off (row 18)
     decoder_channels: int = 8  # channels of x_up, the pixel-space features before the final projection (row 13)
-    refine_channels: int = 0  # channels of the full-resolution conv path beside the head; 0 = off
+    refine_channels: int = 16  # channels of the full-resolution conv path beside the head; 0 = off (rows 42-45)
     refine_layers: int = 3  # 3x3 conv layers of that path
     final_norm: str = "group"  # group | batch: normalization in the final projection (the original head used batch)
     output_scale_init: float = 0.5  # initial value of the learnable output_scale on the head's output
@@ -75,21 +75,21 @@ class Config:
     residual_input: bool = False  # the historical bug out = head(x_up) + x (evaluation/historical.py); diagnostics only
     activation_checkpointing: bool = False  # recompute block activations in backward (long clips)
     pose_cond: bool = True  # text -> keypoint stage whose rendered pose guides the denoiser (needs keypoints; row 29)
-    pose_skeleton: str = "hands"  # hands (the two hand centres) | full (data/skeleton.py's points and limbs)
+    pose_skeleton: str = "full"  # full (data/skeleton.py's points and limbs: arms too) | hands (two hand centres)
 
     # --- diffusion ---------------------------------------------------------------------------
     num_timesteps: int = 50  # T, diffusion steps t = 0..T-1
     beta_schedule: str = "cosine"  # linear | cosine
     zero_terminal_snr: bool = False  # rescale so the last step is pure noise (needs v, x0 or edm)
-    prediction_type: str = "x0"  # eps | v | x0 | edm: what the denoiser outputs (diffusion/gaussian.py)
-    sigma_data: float = 0.5  # edm: the data's standard deviation σ_d in c_skip/c_out/c_in
+    prediction_type: str = "edm"  # eps | v | x0 | edm: what the denoiser outputs (diffusion/gaussian.py; rows 41-43)
+    sigma_data: float = 0.5  # edm: the data's standard deviation σ_d in c_skip/c_out/c_in (pixel std 0.44 here; rows 42-45)
     loss_weighting: str = "none"  # none (uniform in the target space) | snr_clamp | min_snr (row 2)
     use_timestep_weighting: bool = True  # historical switch: false forces uniform weights whatever loss_weighting
     weight_min_snr: float = 0.1  # snr_clamp lower clamp on SNR
     weight_max_snr: float = 10.0  # snr_clamp upper clamp on SNR
     min_snr_gamma: float = 5.0  # min_snr's gamma (Hang et al. 2023)
     motion_loss_weight: float = 0.0  # extra loss weight on pixels that move in the clean clip (rows 2, 36)
-    timestep_sampling_power: float = 1.0  # training t ~ (t+1)^power; 0 = uniform, > 0 favours high noise (row 14)
+    timestep_sampling_power: float = 1.0  # training t ~ (t+1)^power; 0 = uniform, > 0 favours high noise (rows 14, 45)
     cond_drop_prob: float = 0.1  # training: probability of replacing the text by the null text
     pose_loss_weight: float = 10.0  # pose_cond: weight of the pose stage's keypoint loss (frame units²)
     guidance_scale: float = 1.0  # sampling: classifier-free guidance scale (1 = conditional only; row 29)
@@ -269,7 +269,8 @@ REMOVED_KEYS: dict[str, Any] = {"x0_skip_snr": 0.0, "noise_shared_frac": 0.0, "p
 # What a key meant before it existed: a config saved by an earlier version lacks it, and must keep
 # its old behaviour, not gain today's recipe (an old demo checkpoint must not grow a pose stage).
 LEGACY_DEFAULTS: dict[str, Any] = {"frame_cond_depth": 0, "cpu_streams": 1, "pose_cond": False,
-                                   "timestep_sampling_power": 0.0, "sigma_data": 0.5}
+                                   "timestep_sampling_power": 0.0, "sigma_data": 0.5, "refine_channels": 0,
+                                   "pose_skeleton": "hands"}
 
 
 def _field_type(f: dataclasses.Field) -> type:

@@ -24,6 +24,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.skeleton import stage_layout
+
 FLOAT_BYTES = 4
 # Copies of every parameter a training step holds: weights, gradients, AdamW exp_avg and exp_avg_sq, EMA.
 TRAINING_COPIES = 5
@@ -80,7 +82,7 @@ def count_parameters(cfg, vocab_size: int) -> int:
     attn = 4 * d * d + 4 * d
     grid_t, grid_s = cfg.num_frames // cfg.tubelet_frames, cfg.frame_size_px // cfg.patch_size_px
     k_p2 = cfg.tubelet_frames * cfg.patch_size_px ** 2
-    channels_in = 3 + (2 if cfg.pose_cond else 0)  # joints and limbs maps (pose.py render groups)
+    channels_in = 3 + (len(stage_layout(cfg.pose_skeleton)[1]) if cfg.pose_cond else 0)  # + pose map channels
     c = cfg.decoder_channels
     n = 0
     n += depth * (3 * attn + mlp + d * 10 * d + 10 * d + 2 * d)  # blocks: 3 attentions, MLP, adaLN
@@ -92,7 +94,11 @@ def count_parameters(cfg, vocab_size: int) -> int:
     n += d * k_p2 * c + k_p2 * c  # unpatchify
     n += 25 * (c + channels_in) * c + c + 25 * c * 3 + 3 + 2 * c  # head: two 5x5 convs and the norm
     if cfg.pose_cond:
-        n += 2 * d * d + mlp + d * 60  # pose stage: regulator, MLP, keypoint head
+        n += 2 * d * d + mlp + d * 3 * len(stage_layout(cfg.pose_skeleton)[0])  # regulator, MLP, keypoint head
+    r = cfg.refine_channels
+    if r:  # full-resolution refine path: 3x3 convs, FiLM, RGB out
+        n += 9 * (c + channels_in) * r + (cfg.refine_layers - 1) * 9 * r * r + cfg.refine_layers * (r + 2 * r * (d + 1))
+        n += 9 * r * 3 + 3
     return n
 
 
@@ -131,6 +137,8 @@ def estimate_memory(cfg, vocab_size: int | None = None, device_type: str = "cpu"
     text_acts = (cfg.text_depth + cfg.frame_cond_depth) * (text * (12 * d + 2 * hidden) + (0 if cuda else 2 * heads * text * text))
     pixels = cfg.num_frames * cfg.frame_size_px ** 2
     head = pixels * (6 * cfg.decoder_channels + 12)  # x_up, conv, norm, ReLU, sum, RGB out, inputs
+    if cfg.refine_channels:  # per layer: conv out, fp32 norm, modulated, SiLU, running sum; its input
+        head += pixels * (5 * cfg.refine_layers * cfg.refine_channels + cfg.decoder_channels + 8)
     acts = micro * (blocks + text_acts + head) * FLOAT_BYTES
     est.parts["activations"] = int(acts * BF16_ACTIVATION_SHARE + est.num_params * 2) if bf16 else acts
     est.detail["activations"] = (f"micro-batch {micro} x {grid_t} x {n_s} video tokens of width {d} through "

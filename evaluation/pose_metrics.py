@@ -66,6 +66,28 @@ def normalize_skeleton(xy, visible, frame_wh_px: tuple[int, int] = _SQUARE_PX) -
     return out
 
 
+def _shoulder_frame(xy: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, float]:
+    """(centre (2,), width) of a clip's shoulders over the frames where both are visible."""
+    both = visible[:, list(skeleton.SHOULDERS)].all(1)
+    right, left = xy[both][:, skeleton.SHOULDERS[0]], xy[both][:, skeleton.SHOULDERS[1]]
+    return ((right + left) / 2).mean(0), float(np.linalg.norm(right - left, axis=-1).mean())
+
+
+def normalize_pair(pred: np.ndarray, pred_vis: np.ndarray, ref: np.ndarray, ref_vis: np.ndarray,
+                   frame_wh_px: tuple[int, int] = _SQUARE_PX) -> tuple[np.ndarray, np.ndarray]:
+    """Both clips of a pair in shoulder widths (normalize_skeleton). A prediction whose own shoulders
+    cannot define the unit (never both visible, or coincident: an untrained pose stage) is measured
+    in its reference's unit instead, so it scores as far off as it is rather than stopping the
+    evaluation."""
+    ref_n = normalize_skeleton(ref, ref_vis, frame_wh_px)
+    try:
+        return normalize_skeleton(pred, pred_vis, frame_wh_px), ref_n
+    except ValueError:
+        centre, width = _shoulder_frame(np.asarray(ref, np.float64), ref_vis)
+        out = (np.asarray(pred, np.float64) - centre) / width
+        return np.where(pred_vis[..., None], out, 0.0).astype(np.float32), ref_n
+
+
 def _clips(xy, visible) -> list[tuple[np.ndarray, np.ndarray]]:
     """One clip (T, J, 2) or a batch / list of clips -> list of (xy float32, visible bool) pairs."""
     if hasattr(xy, "cpu"):
@@ -132,8 +154,8 @@ def dtw_mje(pred_xy, pred_visible, ref_xy, ref_visible, frame_wh_px: tuple[int, 
         raise ValueError(f"{len(preds)} predicted clips but {len(refs)} reference clips")
     total, count = 0.0, 0
     for (p, pv), (r, rv) in zip(preds, refs):
-        err, n = _aligned_joint_errors(normalize_skeleton(p, pv, frame_wh_px), pv,
-                                       normalize_skeleton(r, rv, frame_wh_px), rv)
+        p_n, r_n = normalize_pair(p, pv, r, rv, frame_wh_px)
+        err, n = _aligned_joint_errors(p_n, pv, r_n, rv)
         total, count = total + err, count + n
     return total / count if count else float("nan")
 
@@ -161,8 +183,9 @@ def total_distance(pred_xy, pred_visible, ref_xy, ref_visible, frame_wh_px: tupl
     preds, refs = _clips(pred_xy, pred_visible), _clips(ref_xy, ref_visible)
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} predicted clips but {len(refs)} reference clips")
-    pred_len = sum(_hand_path_lengths(normalize_skeleton(p, v, frame_wh_px), v) for p, v in preds)
-    ref_len = sum(_hand_path_lengths(normalize_skeleton(r, v, frame_wh_px), v) for r, v in refs)
+    pairs = [normalize_pair(p, pv, r, rv, frame_wh_px) for (p, pv), (r, rv) in zip(preds, refs)]
+    pred_len = sum(_hand_path_lengths(p_n, pv) for (p_n, _), (_, pv) in zip(pairs, preds))
+    ref_len = sum(_hand_path_lengths(r_n, rv) for (_, r_n), (_, rv) in zip(pairs, refs))
     moving = ref_len > min_ref_travel
     return float((pred_len[moving] / ref_len[moving]).mean()) if moving.any() else float("nan")
 

@@ -144,3 +144,13 @@ def test_floor_pairs_clips_of_the_same_text():
     out = dtw_mje_floor([a, b], [va, vb], ["x", "x"])
     assert out["num_pairs"] == 1 and out["dtw_mje"] == pytest.approx(dtw_mje(a, va, b, vb))
     assert np.isnan(dtw_mje_floor([a, b], [va, vb], ["x", "y"])["dtw_mje"])
+
+
+def test_a_prediction_with_coincident_shoulders_is_measured_in_its_references_unit():
+    """An untrained pose stage puts every point at one place: scored far off, not an exception."""
+    ref_xy, ref_vis = _clip()
+    flat = np.full_like(ref_xy, 0.5)
+    vis = np.ones_like(ref_vis)
+    err = dtw_mje(flat, vis, ref_xy, ref_vis)
+    assert np.isfinite(err) and err > 0.3
+    assert total_distance(flat, vis, ref_xy, ref_vis) == 0.0  # it does not move
