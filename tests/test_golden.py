@@ -13,7 +13,7 @@ from diffusion import build_diffusion, build_objective
 from models import build_model
 from training import Trainer, choose_precision
 
-GOLDEN_LOSSES = [1.6126701831817627, 1.5106544494628906, 1.4508905410766602, 1.1994519233703613]
+GOLDEN_LOSSES = [1.6020750999450684, 1.5403563976287842, 1.4710822105407715, 1.2677860260009766]
 
 
 def tiny_trace(steps: int) -> list[float]:
