@@ -22,9 +22,15 @@ POSE_CONDITIONS = ("intended", "no_text", "shuffled", "ground_truth", "other_ren
 
 
 def can_score(model: torch.nn.Module) -> bool:
-    """The pose metrics normalise by the shoulders: the stage must predict them (pose_skeleton full)."""
+    """Any pose stage: a stage without shoulders (pose_skeleton hands) is measured in its
+    reference's shoulder widths (pose_metrics.normalize_pair), on the points it predicts."""
+    return getattr(model, "pose", None) is not None
+
+
+def predicts_shoulders(model: torch.nn.Module) -> bool:
+    """The learned recogniser reads whole skeletons, each normalised by its own shoulders."""
     points = getattr(model, "pose_points", [])
-    return getattr(model, "pose", None) is not None and all(p in points for p in skeleton.SHOULDERS)
+    return all(p in points for p in skeleton.SHOULDERS)
 
 
 def gloss_labels(refs: list[dict[str, Any]], synthetic_captions: bool) -> list[list[str]] | None:
@@ -62,9 +68,10 @@ def pose_report(model: torch.nn.Module, tokenizer, refs: list[dict[str, Any]], c
                                         torch.stack([o["pose_visible"] for o in other]))
     report: dict[str, Any] = {name: _scores(pose, ref) for name, pose in predicted.items()}
     floor = dtw_mje_floor(ref[0], ref[1], captions)
+    report["scored_points"] = "skeleton" if predicts_shoulders(model) else "hand centres"
     report["dtw_mje_floor"] = floor["dtw_mje"]
     report["dtw_mje_floor_pairs"] = floor["num_pairs"]
-    if recognizer is not None and glosses is not None:
+    if recognizer is not None and glosses is not None and predicts_shoulders(model):
         from evaluation.recognizer import recognizer_scores
 
         for name, (xy, visible) in predicted.items():
@@ -82,6 +89,9 @@ def format_pose_table(report: dict[str, Any]) -> str:
         lines.append(f"{m:<22}" + "".join(f"{report[c][m]:>16.4f}" for c in conditions))
     lines.append(f"{'dtw_mje floor':<22}{report['dtw_mje_floor']:>16.4f}   (two references of the same text; "
                  f"{report['dtw_mje_floor_pairs']} pairs; nan: no text repeats in this split)")
+    if report.get("scored_points") == "hand centres":
+        lines.append("(the stage predicts the hand centres only: the model's conditions are scored on them, in "
+                     "the reference's shoulder widths; ground truth and other rendering on the whole skeleton)")
     lines.append("(DTW-MJE in shoulder widths, 0 = the reference; total distance = hand travel / the "
                  "reference's, 1 = ideal, 0 = frozen; the model makes fixed-length clips, so no duration ratio)")
     return "\n".join(lines)
