@@ -66,6 +66,12 @@ def pose_report(model: torch.nn.Module, tokenizer, refs: list[dict[str, Any]], c
     if other is not None:
         predicted["other_rendering"] = (torch.stack([o["pose_xy"] for o in other]).float(),
                                         torch.stack([o["pose_visible"] for o in other]))
+    if not predicts_shoulders(model):  # every condition on the points the stage predicts, comparably
+        keep = torch.zeros(skeleton.NUM_POINTS, dtype=torch.bool)
+        keep[list(getattr(model, "pose_points", skeleton.HANDS))] = True
+        for name in ("ground_truth", "other_rendering"):
+            if name in predicted:
+                predicted[name] = (predicted[name][0], predicted[name][1] & keep)
     report: dict[str, Any] = {name: _scores(pose, ref) for name, pose in predicted.items()}
     floor = dtw_mje_floor(ref[0], ref[1], captions)
     report["scored_points"] = "skeleton" if predicts_shoulders(model) else "hand centres"
@@ -90,8 +96,8 @@ def format_pose_table(report: dict[str, Any]) -> str:
     lines.append(f"{'dtw_mje floor':<22}{report['dtw_mje_floor']:>16.4f}   (two references of the same text; "
                  f"{report['dtw_mje_floor_pairs']} pairs; nan: no text repeats in this split)")
     if report.get("scored_points") == "hand centres":
-        lines.append("(the stage predicts the hand centres only: the model's conditions are scored on them, in "
-                     "the reference's shoulder widths; ground truth and other rendering on the whole skeleton)")
+        lines.append("(the stage predicts the hand centres only: every condition is scored on them, in the "
+                     "reference's shoulder widths)")
     lines.append("(DTW-MJE in shoulder widths, 0 = the reference; total distance = hand travel / the "
                  "reference's, 1 = ideal, 0 = frozen; the model makes fixed-length clips, so no duration ratio)")
     return "\n".join(lines)
