@@ -368,7 +368,7 @@ def load_yaml(path: str) -> dict[str, Any]:
 
 
 def parse_cli(argv: list[str]) -> tuple[Config, bool]:
-    """Parse `[--preset P] [--config F] [--key value ...] [--dry-run]`; returns (config, dry_run)."""
+    """Parse `[--preset P] [--config F] [--key value ...] [--dry_run]`; returns (config, dry_run)."""
     preset, yaml_path, dry_run = None, None, False
     cli: dict[str, Any] = {}
     i = 0
@@ -407,7 +407,7 @@ def parse_cli(argv: list[str]) -> tuple[Config, bool]:
 
 def cli_help() -> str:
     lines = ["usage: python main.py --experiment_name NAME [--preset P] [--config F.yaml] "
-             "[--key value ...] [--dry-run]", "", f"presets: {', '.join(PRESETS)}", "", "keys:"]
+             "[--key value ...] [--dry_run]", "", f"presets: {', '.join(PRESETS)}", "", "keys:"]
     source = open(__file__).read().splitlines()
     for f in fields(Config):
         comment = next((ln.split("#", 1)[1].strip() for ln in source

@@ -123,7 +123,7 @@ def video_distances(videos: dict[str, torch.Tensor], cfg: Config, split: str,
     dataset, pool = fvd_reference_pool(cfg, split, num_read or len(next(iter(videos.values()))))
     if len(pool) < 2:
         log(f"fvd: the {split} split has {len(pool)} clips beyond the evaluated ones; it needs 2 or more "
-            "(evaluate fewer clips with --num-clips): reporting NaN")
+            "(evaluate fewer clips with --num_clips): reporting NaN")
         return {cond: float("nan") for cond in videos}, len(pool)
     if len(next(iter(videos.values()))) < 2:  # e.g. all but one clip skipped (unreadable captions)
         log("fvd: needs 2 or more evaluated clips: reporting NaN")
