@@ -108,6 +108,38 @@ def fall_back(previous, trainer: Trainer, tokenizer, exc: NonFiniteError, log) -
     return step
 
 
+def set_up_device(cfg, device: torch.device, rank: int):
+    """Threads, TF32 on CUDA, the rank's seed; returns the precision policy (training.py)."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed + rank)
+    return choose_precision(cfg, device)
+
+
+def run_line(cfg, model, num_clips: int, vocab_size: int, device, trainer: Trainer, world: int, out_dir) -> str:
+    """The one line a run starts with: what trains, on what, how, and where it writes."""
+    return (f"text2sign: {cfg.experiment_name} | preset {cfg.preset} | "
+            f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | {num_clips} train clips | "
+            f"vocab {vocab_size} | device {device} | precision {trainer.precision.name} ({trainer.precision.reason}) | "
+            f"compile {trainer.compiled} ({trainer.compile_reason}) | world {world} | run folder {out_dir}")
+
+
+def log_line(metrics_log: MetricsLog, line: dict, bar) -> None:
+    metrics_log.append(line)
+    bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", sps=f"{line['samples_per_s']:.1f}")
+
+
+def write_sample_files(out_dir, step: int, model, diffusion, tokenizer, prompts: list[str], cfg, log) -> None:
+    """samples/step_N.{gif,mp4}, the pose stage's keypoints as .pose, and the prompts as .txt."""
+    videos = generate(model, diffusion, tokenizer, prompts, cfg, seed=cfg.seed)
+    poses = predict_keypoints(model, tokenizer, prompts, cfg) if cfg.pose_cond else None
+    paths = save_samples(out_dir / "samples" / f"step_{step:08d}", videos, poses=poses, frame_size_px=cfg.frame_size_px)
+    write_text_atomic(out_dir / "samples" / f"step_{step:08d}.txt", "\n".join(prompts) + "\n")
+    log(f"samples at step {step}: {paths[0]}")
+
+
 def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -> int:
     # --- config and limits, before anything is written -------------------------------------------
     cfg, dry_run = parse_cli(argv)
@@ -121,12 +153,7 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
     device, rank, world = init_distributed(device)
     distributed, is_main = world > 1 or dist.is_initialized(), rank == 0
     log = print if is_main else (lambda *a, **k: None)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    precision = choose_precision(cfg, device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.seed + rank)
+    precision = set_up_device(cfg, device, rank)
 
     # --- the run folder (locked while this run writes to it) and the state to resume from --------
     out_dir = run_dir(cfg)
@@ -165,10 +192,7 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
             metrics_log = MetricsLog(out_dir / "metrics.jsonl", start_step, cfg.tensorboard and out_dir / "tb" or None)
         except OSError as exc:
             return fail(*io_failure(exc, "cannot write to the run folder", out_dir, out_dir))
-        log(f"text2sign: {cfg.experiment_name} | preset {cfg.preset} | "
-            f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | {len(train_set)} train clips | "
-            f"vocab {len(tokenizer)} | device {device} | precision {precision.name} ({precision.reason}) | "
-            f"compile {trainer.compiled} ({trainer.compile_reason}) | world {world} | run folder {out_dir}")
+        log(run_line(cfg, model, len(train_set), len(tokenizer), device, trainer, world, out_dir))
 
     def save(step: int) -> None:
         state = trainer.checked_state(step) | dict(config=cfg.to_dict(), tokenizer=tokenizer.state(),
@@ -178,12 +202,7 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
 
     def write_samples(step: int) -> None:
         if is_main and sample_prompts:
-            videos = generate(trainer.ema.module, diffusion, tokenizer, sample_prompts, cfg, seed=cfg.seed)
-            poses = predict_keypoints(trainer.ema.module, tokenizer, sample_prompts, cfg) if cfg.pose_cond else None
-            paths = save_samples(out_dir / "samples" / f"step_{step:08d}", videos, poses=poses,
-                                 frame_size_px=cfg.frame_size_px)
-            write_text_atomic(out_dir / "samples" / f"step_{step:08d}.txt", "\n".join(sample_prompts) + "\n")
-            log(f"samples at step {step}: {paths[0]}")
+            write_sample_files(out_dir, step, trainer.ema.module, diffusion, tokenizer, sample_prompts, cfg, log)
 
     # --- the loop (a signal only sets a flag: the run saves and stops at the step boundary) --------
     metrics = MetricsWindow(cfg, device)
@@ -214,12 +233,11 @@ def train(argv: list[str], stop: StopSignals, resources: contextlib.ExitStack) -
             if step % cfg.log_every_steps == 0 or step == cfg.max_steps:
                 line = metrics.record(step, record, time.perf_counter(), distributed) | dict(
                     precision=precision.name, precision_reason=precision.reason)
-                if is_main:
-                    try:
-                        metrics_log.append(line)
-                    except OSError as exc:
-                        return fail(*io_failure(exc, "cannot append to", metrics_log.path, out_dir), bar)
-                    bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", sps=f"{line['samples_per_s']:.1f}")
+                try:
+                    if is_main:
+                        log_line(metrics_log, line, bar)
+                except OSError as exc:
+                    return fail(*io_failure(exc, "cannot append to", metrics_log.path, out_dir), bar)
             # Every rank must agree on stopping at this step (a signal may reach only some of them).
             stopping = torch.tensor(float(bool(stop.received)), device=device)
             if distributed:

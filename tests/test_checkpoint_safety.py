@@ -297,7 +297,9 @@ def test_row18_a_save_keeps_temp_files_of_live_processes(tmp_path):
             alive.kill()
 
 
-def _sleep(seconds: float) -> None:
+def _sleep(seconds: float, started=None) -> None:
+    if started is not None:
+        started.set()
     time.sleep(seconds)
 
 
@@ -306,8 +308,13 @@ def test_row18_forked_children_do_not_keep_the_lock(tmp_path):
     folder = RunFolder(tmp_path / "run")
     folder.acquire()
     (tmp_path / "run" / "config.yaml").write_text("seed: 0\n")  # a run's folder is not left empty
-    child = multiprocessing.get_context("fork").Process(target=_sleep, args=(20,))
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+    child = ctx.Process(target=_sleep, args=(20, started))
     child.start()
+    # The child closes its copy of the lock in its after-fork hook, before it runs any Python: once
+    # it has started, the hook has run (on a loaded machine a child can be scheduled seconds later).
+    assert started.wait(30)
     try:
         with pytest.raises(RunInUseError, match=f"in use by process {os.getpid()}"):
             RunFolder(tmp_path / "run").acquire()
