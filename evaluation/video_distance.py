@@ -279,7 +279,7 @@ def load_or_train_encoder(cfg, log: Callable[[str], None] = print, recipe: dict[
     os.makedirs(folder, exist_ok=True)
     state = dict(state=encoder.model.state_dict(), vocab=encoder.vocab, feature_mean=encoder.feature_mean,
                  feature_std=encoder.feature_std, recipe=recipe, shape=json.dumps(shape, default=list),
-                 info=json.loads(json.dumps(encoder.info, default=float)))  # numpy scalars do not load weights_only
+                 info=encoder.info)
     atomic_write(path, lambda fh: torch.save(state, fh))
     return encoder
 
