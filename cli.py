@@ -190,7 +190,7 @@ def _underscored(arg: str) -> str:
     if not arg.startswith("--") or arg == "--":
         return arg
     flag, eq, value = arg.partition("=")
-    return flag.replace("-", "_").replace("__", "--", 1) + eq + value
+    return "--" + flag[2:].replace("-", "_") + eq + value
 
 
 def positive(kind: type = int) -> Callable[[str], object]:

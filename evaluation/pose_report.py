@@ -21,14 +21,10 @@ from pipeline import predict_keypoints
 POSE_CONDITIONS = ("intended", "no_text", "shuffled", "ground_truth", "other_rendering")
 
 
-def can_score(model: torch.nn.Module) -> bool:
-    """Any pose stage: a stage without shoulders (pose_skeleton hands) is measured in its
-    reference's shoulder widths (pose_metrics.normalize_pair), on the points it predicts."""
-    return getattr(model, "pose", None) is not None
-
-
 def predicts_shoulders(model: torch.nn.Module) -> bool:
-    """The learned recogniser reads whole skeletons, each normalised by its own shoulders."""
+    """Whether the stage predicts a whole skeleton. The learned recogniser reads only those (each is
+    normalised by its own shoulders); a stage without shoulders (pose_skeleton hands) is scored on
+    the points it predicts, in its reference's shoulder widths (pose_metrics.normalize_pair)."""
     points = getattr(model, "pose_points", [])
     return all(p in points for p in skeleton.SHOULDERS)
 
@@ -68,7 +64,7 @@ def pose_report(model: torch.nn.Module, tokenizer, refs: list[dict[str, Any]], c
                                         torch.stack([o["pose_visible"] for o in other]))
     if not predicts_shoulders(model):  # every condition on the points the stage predicts, comparably
         keep = torch.zeros(skeleton.NUM_POINTS, dtype=torch.bool)
-        keep[list(getattr(model, "pose_points", skeleton.HANDS))] = True
+        keep[model.pose_points] = True
         for name in ("ground_truth", "other_rendering"):
             if name in predicted:
                 predicted[name] = (predicted[name][0], predicted[name][1] & keep)

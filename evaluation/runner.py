@@ -43,7 +43,7 @@ from diffusion import GaussianDiffusion, build_objective
 from diffusion.gaussian import q_sample
 from evaluation.metrics import (NOISE_TOLERANCE, back_translate, dtw_hand_error, flicker_ratio, gloss_accuracy, gloss_wer,
                                 motion_ratio, noise_level, psnr, ssim)
-from evaluation.pose_report import can_score, format_pose_table, gloss_labels, pose_report
+from evaluation.pose_report import format_pose_table, gloss_labels, pose_report
 from evaluation.tracking import track_hands
 from evaluation.video_distance import clip_features, dataset_features, kernel_video_distance, load_or_train_encoder
 from pipeline import Clips, first_clips, generate
@@ -252,10 +252,9 @@ def evaluate_model(model: torch.nn.Module, diffusion: GaussianDiffusion, tokeniz
         results["prompt_ranking_top1"] = prompt_ranking(model, diffusion, tokenizer, refs, cfg, seed)
     if synthetic:
         results["canonical_dtw_floor"] = canonical_dtw_floor(refs, cfg.num_frames)
-    if getattr(model, "pose", None) is not None and clips.pose_xy is not None:
-        results["pose_rmse_px"] = pose_error_px(model, tokenizer, refs, cfg)
-    has_pose = can_score(model) and clips.pose_xy is not None
+    has_pose = getattr(model, "pose", None) is not None and clips.pose_xy is not None
     if has_pose:
+        results["pose_rmse_px"] = pose_error_px(model, tokenizer, refs, cfg)
         glosses = gloss_labels(refs, synthetic_scorer)
         other = [dataset.rerender_item(r["index"]) for r in clips.items] if synthetic else None
         results["pose"] = pose_report(model, tokenizer, refs, cfg, captions, shuffled, other,

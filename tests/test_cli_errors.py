@@ -380,3 +380,14 @@ def test_row6_evaluation_skips_and_counts_clips_it_cannot_read():
 
     with pytest.raises(DatasetError, match="none of its 8 clips has a caption with a word"):
         evaluate_model(model, build_diffusion(cfg), Tokenizer(["zzz"]), cfg, "test", log=lambda *a: None)
+
+
+def test_flags_have_one_spelling_and_the_hyphen_form_reads_as_it():
+    import cli
+
+    parser = cli.ArgumentParser(prog="t")
+    parser.add_argument("--output_dir")
+    parser.add_argument("--pose_only", action="store_true")
+    parser.add_argument("value", nargs="?")
+    args = parser.parse_args(["--output-dir=/a-b", "--pose-only", "-3"])
+    assert (args.output_dir, args.pose_only, args.value) == ("/a-b", True, "-3")  # values keep their hyphens
