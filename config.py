@@ -75,7 +75,7 @@ class Config:
     residual_input: bool = False  # the historical bug out = head(x_up) + x (evaluation/historical.py); diagnostics only
     activation_checkpointing: bool = False  # recompute block activations in backward (long clips)
     pose_cond: bool = True  # text -> keypoint stage whose rendered pose guides the denoiser (needs keypoints; row 29)
-    pose_skeleton: str = "hands"  # hands (two hand centres) | full (data/skeleton.py's points and limbs; row 46)
+    pose_skeleton: str = "full"  # full (data/skeleton.py's points and limbs, arms drawn) | hands (two hand centres); rows 46, 52
 
     # --- diffusion ---------------------------------------------------------------------------
     num_timesteps: int = 50  # T, diffusion steps t = 0..T-1
@@ -269,7 +269,8 @@ REMOVED_KEYS: dict[str, Any] = {"x0_skip_snr": 0.0, "noise_shared_frac": 0.0, "p
 # What a key meant before it existed: a config saved by an earlier version lacks it, and must keep
 # its old behaviour, not gain today's recipe (an old demo checkpoint must not grow a pose stage).
 LEGACY_DEFAULTS: dict[str, Any] = {"frame_cond_depth": 0, "cpu_streams": 1, "pose_cond": False,
-                                   "timestep_sampling_power": 0.0, "sigma_data": 0.5, "refine_channels": 0}
+                                   "timestep_sampling_power": 0.0, "sigma_data": 0.5, "refine_channels": 0,
+                                   "pose_skeleton": "hands"}
 
 
 def _field_type(f: dataclasses.Field) -> type:

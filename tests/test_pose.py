@@ -106,9 +106,20 @@ def test_pose_losses_by_hand_and_invisible_points_do_not_count():
     assert torch.equal(pose_losses(pred, logits, moved, visible, [0, 1])["pose_mse"], terms["pose_mse"])
     travel = [sum((xy[f + 1, h] - xy[f, h]).norm() for f in range(3) for h in range(2)) for xy in (pred[1], truth[1])]
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[1], torch.ones(4, 3))
-    mse1 = ((pred[1] - truth[1]) ** 2).mean()
-    expected = mse1 + TRAVEL_LOSS_WEIGHT * (travel[0] - travel[1]) ** 2 + VISIBILITY_LOSS_WEIGHT * bce
+    hands1, body1 = ((pred[1, :, :2] - truth[1, :, :2]) ** 2).mean(), ((pred[1, :, 2] - truth[1, :, 2]) ** 2).mean()
+    expected = hands1 + body1 + TRAVEL_LOSS_WEIGHT * (travel[0] - travel[1]) ** 2 + VISIBILITY_LOSS_WEIGHT * bce
     assert terms["pose"][1].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_pose_loss_weighs_the_hand_centres_as_much_as_the_rest_of_the_skeleton():
+    truth = torch.rand(1, 4, 10, 2, generator=torch.Generator().manual_seed(0))
+    visible, logits = torch.ones(1, 4, 10, dtype=torch.bool), torch.full((1, 4, 10), 9.0)
+    hands_off, body_off = truth.clone(), truth.clone()
+    hands_off[:, :, [8, 9]] += 0.1  # both hands off by 0.1, travel unchanged
+    body_off[:, :, :8] += 0.1  # the eight other points off by 0.1
+    by_hands, by_body = (pose_losses(p, logits, truth, visible, hands=[8, 9]) for p in (hands_off, body_off))
+    assert by_hands["pose"].item() == pytest.approx(by_body["pose"].item(), rel=1e-5)
+    assert by_hands["pose_mse"].item() == pytest.approx(by_body["pose_mse"].item() / 4, rel=1e-5)  # the plain mean
 
 
 def test_pose_term_joins_the_loss_on_the_clips_that_kept_their_text():

@@ -109,15 +109,21 @@ def hand_travel(xy: torch.Tensor, visible: torch.Tensor | None = None) -> torch.
 def pose_losses(pred_xy: torch.Tensor, vis_logits: torch.Tensor, truth_xy: torch.Tensor,
                 visible: torch.Tensor, hands: Sequence[int]) -> dict[str, torch.Tensor]:
     """Per clip (B,) terms of the pose stage: `pose_mse`, the position MSE over visible points, and
-    `pose`, the loss it trains on (position MSE + TRAVEL_LOSS_WEIGHT x squared hand-travel error +
-    VISIBILITY_LOSS_WEIGHT x visibility cross-entropy). `hands` index the hand centres among the points."""
+    `pose`, the loss it trains on: the position MSE of the visible hand centres plus that of the other
+    visible points (each a mean of its own, so the hands weigh as much as the rest of the skeleton
+    together; docs/experiments.md, row 52) + TRAVEL_LOSS_WEIGHT x squared hand-travel error +
+    VISIBILITY_LOSS_WEIGHT x visibility cross-entropy. `hands` index the hand centres among the points."""
     vis = visible.to(pred_xy.dtype)
-    count = vis.sum(dim=(1, 2)).clamp(min=1.0)
-    mse = (((pred_xy - truth_xy) ** 2).sum(-1) * vis).sum(dim=(1, 2)) / (2 * count)
+    sq = ((pred_xy - truth_xy) ** 2).sum(-1) * vis  # (B, T, P)
+    mse = sq.sum(dim=(1, 2)) / (2 * vis.sum(dim=(1, 2)).clamp(min=1.0))
     hands = list(hands)
+    is_hand = torch.zeros(pred_xy.shape[2], dtype=torch.bool, device=pred_xy.device)
+    is_hand[hands] = True
+    hand_mse = sq[:, :, is_hand].sum(dim=(1, 2)) / (2 * vis[:, :, is_hand].sum(dim=(1, 2)).clamp(min=1.0))
+    body_mse = sq[:, :, ~is_hand].sum(dim=(1, 2)) / (2 * vis[:, :, ~is_hand].sum(dim=(1, 2)).clamp(min=1.0))
     travel = hand_travel(pred_xy[:, :, hands], visible[:, :, hands]) - hand_travel(truth_xy[:, :, hands], visible[:, :, hands])
     bce = F.binary_cross_entropy_with_logits(vis_logits, vis, reduction="none").mean(dim=(1, 2))
-    return dict(pose_mse=mse, pose=mse + TRAVEL_LOSS_WEIGHT * travel**2 + VISIBILITY_LOSS_WEIGHT * bce)
+    return dict(pose_mse=mse, pose=hand_mse + body_mse + TRAVEL_LOSS_WEIGHT * travel**2 + VISIBILITY_LOSS_WEIGHT * bce)
 
 
 def render_pose(xy: torch.Tensor, visible: torch.Tensor, groups: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]],
