@@ -63,11 +63,16 @@ class RecognizerSpec:
     weight_decay: float = 0.01
     max_train_clips: int = 0  # train on the first this many clips of the split; 0 = all
     seed: int = 0
+    # Training augmentation (docs/experiments.md, row 53): a generator's keypoints are smoother than
+    # an estimator's, so each training clip is box-filtered over a random odd number of frames up to
+    # this (1 = off) and jittered by Gaussian noise of this many shoulder widths (0 = off).
+    augment_smooth_max_frames: int = 5
+    augment_jitter: float = 0.02
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            positive = f.name not in ("max_train_clips", "seed", "warmup_steps", "weight_decay")
+            positive = f.name not in ("max_train_clips", "seed", "warmup_steps", "weight_decay", "augment_jitter")
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (positive and value == 0):
                 raise ValueError(f"recogniser setting '{f.name}' must be a number "
                                  f"{'> 0' if positive else '>= 0'}, got {value!r}")
@@ -136,6 +141,34 @@ def collect_clips(dataset, max_clips: int = 0) -> dict:
     return dict(xy=xy, visible=visible, lengths=lengths, glosses=glosses, skipped=skipped)
 
 
+def augment_clips(xy: torch.Tensor, visible: torch.Tensor, lengths: torch.Tensor, spec: RecognizerSpec,
+                  gen: torch.Generator) -> torch.Tensor:
+    """Training-time copies of normalised clips xy (B, T, J, 2): each clip averaged over a centred
+    window of a random odd width in [1, spec.augment_smooth_max_frames] frames (over its visible,
+    in-length frames only, so padding and lost points do not pull it), plus Gaussian jitter of
+    spec.augment_jitter. The visibility is unchanged."""
+    b, t = xy.shape[:2]
+    widths = 1 + 2 * torch.randint((spec.augment_smooth_max_frames - 1) // 2 + 1, (b,), generator=gen)
+    in_length = torch.arange(t)[None] < lengths[:, None]  # (B, T)
+    weight = (visible & in_length[..., None]).to(xy.dtype)  # (B, T, J)
+    out = xy.clone()
+    for width in widths.unique().tolist():
+        if width == 1:
+            continue
+        rows = widths == width
+        kernel = torch.ones(1, 1, width, dtype=xy.dtype)
+        def window_sum(v: torch.Tensor) -> torch.Tensor:  # (N, T, ...) summed over the window in time
+            flat = v.movedim(1, -1).reshape(-1, 1, t)
+            return F.conv1d(flat, kernel, padding=width // 2).reshape(*v.movedim(1, -1).shape).movedim(-1, 1)
+        w = weight[rows]
+        total = window_sum(xy[rows] * w[..., None])
+        count = window_sum(w)[..., None]
+        out[rows] = torch.where(count > 0, total / count.clamp(min=1e-6), xy[rows])
+    if spec.augment_jitter > 0:
+        out = out + spec.augment_jitter * torch.randn(out.shape, generator=gen, dtype=out.dtype)
+    return out * weight[..., None]
+
+
 def ctc_collapse(frame_classes: list[int]) -> list[int]:
     """Greedy CTC read-out of per-frame argmax classes: merge repeats, then drop blanks."""
     out, prev = [], BLANK
@@ -194,7 +227,8 @@ class Recognizer:
         if missing or payload["format_version"] != FORMAT_VERSION:
             raise CheckpointError(f"{path}: missing keys {missing} or format version "
                                   f"{payload.get('format_version')!r} != {FORMAT_VERSION}")
-        spec = RecognizerSpec(**payload["spec"])
+        # A file from before the augmentation existed was trained without it.
+        spec = RecognizerSpec(**{"augment_smooth_max_frames": 1, "augment_jitter": 0.0, **payload["spec"]})
         model = PoseCTCRecognizer(payload["num_points"], len(payload["vocab"]), spec.width, spec.depth,
                                   spec.kernel_frames)
         model.load_state_dict(payload["state_dict"])
@@ -229,7 +263,8 @@ def train_recognizer(train, spec: RecognizerSpec = RecognizerSpec(), log_every_s
         batch = torch.randint(num, (min(spec.batch_size, num),), generator=gen)
         lens = data["lengths"][batch]
         t = int(lens.max())
-        logits = model(data["xy"][batch, :t], data["visible"][batch, :t], lens)
+        xy, visible = data["xy"][batch, :t], data["visible"][batch, :t]
+        logits = model(augment_clips(xy, visible, lens, spec, gen), visible, lens)
         log_probs = logits.log_softmax(-1).transpose(0, 1)  # (T, B, C), as F.ctc_loss wants
         tgt = [targets[i] for i in batch.tolist()]
         loss = F.ctc_loss(log_probs, torch.cat(tgt), lens, torch.tensor([len(x) for x in tgt]), blank=BLANK)

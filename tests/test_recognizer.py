@@ -10,7 +10,7 @@ from data import skeleton
 from data.real.common import DatasetError
 from data.synthetic import SyntheticSignDataset
 from checkpoint import CheckpointError
-from evaluation.recognizer import (BLANK, PoseCTCRecognizer, Recognizer, RecognizerSpec, collect_clips,
+from evaluation.recognizer import (BLANK, PoseCTCRecognizer, Recognizer, RecognizerSpec, augment_clips, collect_clips,
                                    ctc_collapse, dataset_scores, load_or_train, main, recognizer_path,
                                    recognizer_scores, train_recognizer)
 
@@ -139,3 +139,26 @@ def test_cli_trains_saves_and_reports_test_wer(tmp_path, capsys):
     assert "loaded from" in capsys.readouterr().out
     assert main(["--preset", "tiny", "--rec_steps", "many"]) == 2
     assert "error: --rec_steps expects an integer" in capsys.readouterr().err
+
+
+def test_augmentation_smooths_within_each_clip_and_keeps_lost_points_lost():
+    gen = torch.Generator().manual_seed(0)
+    t, j = 6, skeleton.NUM_POINTS
+    xy = torch.zeros(2, t, j, 2)
+    xy[:, :, :, 0] = torch.arange(t, dtype=torch.float32)[None, :, None]  # x = frame index: a line in time
+    visible = torch.ones(2, t, j, dtype=torch.bool)
+    visible[:, :, 3] = False  # one point never seen
+    lengths = torch.tensor([6, 4])  # clip 1: frames 4-5 are padding
+    xy[1, 4:] = 0.0
+    spec = RecognizerSpec(augment_smooth_max_frames=3, augment_jitter=0.0)
+    widths = []
+    for _ in range(8):  # widths 1 or 3 drawn per clip: a centred average of a line is the line inside it
+        out = augment_clips(xy, visible, lengths, spec, gen)
+        assert torch.allclose(out[0, 1:5, 0, 0], xy[0, 1:5, 0, 0])
+        assert torch.allclose(out[1, 1:3, 0, 0], xy[1, 1:3, 0, 0])
+        widths.append(float(out[1, 3, 0, 0]))  # last in-length frame: 3, or (2 + 3) / 2 without the padding
+        assert torch.all(out[:, :, 3] == 0) and torch.all(out[1, 4:] == 0)
+    assert set(widths) == {3.0, 2.5}  # both widths drawn; the padding frame never pulled the average
+    jittered = augment_clips(xy, visible, lengths, RecognizerSpec(augment_smooth_max_frames=1, augment_jitter=0.1), gen)
+    noise = (jittered - xy)[visible & (torch.arange(t)[None] < lengths[:, None])[..., None]]
+    assert 0.05 < float(noise.std()) < 0.15
