@@ -72,3 +72,6 @@ def test_saved_config_without_a_newer_key_keeps_the_old_behaviour():
     saved = make_config("cpu").to_dict()
     del saved["pose_cond"]
     assert make_config("cpu").pose_cond is True and config_from_dict(saved).pose_cond is False
+    saved = make_config("cpu").to_dict()
+    del saved["pose_skeleton"]  # written while the hand-centre stage was the only one
+    assert make_config("cpu").pose_skeleton == "full" and config_from_dict(saved).pose_skeleton == "hands"
