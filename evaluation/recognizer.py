@@ -141,6 +141,14 @@ def collect_clips(dataset, max_clips: int = 0) -> dict:
     return dict(xy=xy, visible=visible, lengths=lengths, glosses=glosses, skipped=skipped)
 
 
+def _window_sum(v: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, T, ...) summed over a centred window of `width` frames (nothing beyond the clip's ends)."""
+    n, t = v.shape[:2]
+    flat = v.reshape(n, t, -1).transpose(1, 2).reshape(-1, 1, t)
+    summed = F.conv1d(flat, torch.ones(1, 1, width, dtype=v.dtype), padding=width // 2)
+    return summed.reshape(n, -1, t).transpose(1, 2).reshape(v.shape)
+
+
 def augment_clips(xy: torch.Tensor, visible: torch.Tensor, lengths: torch.Tensor, spec: RecognizerSpec,
                   gen: torch.Generator) -> torch.Tensor:
     """Training-time copies of normalised clips xy (B, T, J, 2): each clip averaged over a centred
@@ -155,14 +163,8 @@ def augment_clips(xy: torch.Tensor, visible: torch.Tensor, lengths: torch.Tensor
     for width in widths.unique().tolist():
         if width == 1:
             continue
-        rows = widths == width
-        kernel = torch.ones(1, 1, width, dtype=xy.dtype)
-        def window_sum(v: torch.Tensor) -> torch.Tensor:  # (N, T, ...) summed over the window in time
-            flat = v.movedim(1, -1).reshape(-1, 1, t)
-            return F.conv1d(flat, kernel, padding=width // 2).reshape(*v.movedim(1, -1).shape).movedim(-1, 1)
-        w = weight[rows]
-        total = window_sum(xy[rows] * w[..., None])
-        count = window_sum(w)[..., None]
+        rows, w = widths == width, weight[widths == width]
+        total, count = _window_sum(xy[rows] * w[..., None], width), _window_sum(w, width)[..., None]
         out[rows] = torch.where(count > 0, total / count.clamp(min=1e-6), xy[rows])
     if spec.augment_jitter > 0:
         out = out + spec.augment_jitter * torch.randn(out.shape, generator=gen, dtype=out.dtype)

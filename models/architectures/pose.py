@@ -115,15 +115,16 @@ def pose_losses(pred_xy: torch.Tensor, vis_logits: torch.Tensor, truth_xy: torch
     VISIBILITY_LOSS_WEIGHT x visibility cross-entropy. `hands` index the hand centres among the points."""
     vis = visible.to(pred_xy.dtype)
     sq = ((pred_xy - truth_xy) ** 2).sum(-1) * vis  # (B, T, P)
-    mse = sq.sum(dim=(1, 2)) / (2 * vis.sum(dim=(1, 2)).clamp(min=1.0))
+
+    def mse_over(points) -> torch.Tensor:  # per clip, over the visible ones of `points` (0 if none)
+        return sq[:, :, points].sum(dim=(1, 2)) / (2 * vis[:, :, points].sum(dim=(1, 2)).clamp(min=1.0))
+
     hands = list(hands)
-    is_hand = torch.zeros(pred_xy.shape[2], dtype=torch.bool, device=pred_xy.device)
-    is_hand[hands] = True
-    hand_mse = sq[:, :, is_hand].sum(dim=(1, 2)) / (2 * vis[:, :, is_hand].sum(dim=(1, 2)).clamp(min=1.0))
-    body_mse = sq[:, :, ~is_hand].sum(dim=(1, 2)) / (2 * vis[:, :, ~is_hand].sum(dim=(1, 2)).clamp(min=1.0))
+    body = [p for p in range(pred_xy.shape[2]) if p not in hands]
+    mse = mse_over(slice(None))
     travel = hand_travel(pred_xy[:, :, hands], visible[:, :, hands]) - hand_travel(truth_xy[:, :, hands], visible[:, :, hands])
     bce = F.binary_cross_entropy_with_logits(vis_logits, vis, reduction="none").mean(dim=(1, 2))
-    return dict(pose_mse=mse, pose=hand_mse + body_mse + TRAVEL_LOSS_WEIGHT * travel**2 + VISIBILITY_LOSS_WEIGHT * bce)
+    return dict(pose_mse=mse, pose=mse_over(hands) + mse_over(body) + TRAVEL_LOSS_WEIGHT * travel**2 + VISIBILITY_LOSS_WEIGHT * bce)
 
 
 def render_pose(xy: torch.Tensor, visible: torch.Tensor, groups: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]],
