@@ -89,7 +89,7 @@ class Config:
     weight_max_snr: float = 10.0  # snr_clamp upper clamp on SNR
     min_snr_gamma: float = 5.0  # min_snr's gamma (Hang et al. 2023)
     motion_loss_weight: float = 0.0  # extra loss weight on pixels that move in the clean clip (rows 2, 36)
-    timestep_sampling_power: float = 1.0  # training t ~ (t+1)^power; 0 = uniform, > 0 favours high noise (rows 14, 45)
+    timestep_sampling_power: float = 0.0  # training t ~ (t+1)^power; 0 = uniform, > 0 favours high noise (rows 14, 45, 57)
     cond_drop_prob: float = 0.1  # training: probability of replacing the text by the null text
     pose_loss_weight: float = 10.0  # pose_cond: weight of the pose stage's keypoint loss (frame units²)
     guidance_scale: float = 1.0  # sampling: classifier-free guidance scale (1 = conditional only; row 29)
@@ -102,6 +102,7 @@ class Config:
     batch_size: int = 16  # clips per optimizer step (global, over all ranks and accumulation; row 37)
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3  # peak AdamW learning rate
+    pixel_lr_mult: float = 10.0  # LR multiple for the pixel path (head, refine, output_scale): its low-noise gains are large (row 56)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
     warmup_steps: int = 100  # linear LR warm-up, steps
     weight_decay: float = 0.01  # AdamW weight decay (not on norms, biases, embeddings)
@@ -145,7 +146,7 @@ POSITIVE = (
     "patch_size_px", "tubelet_frames", "mlp_ratio", "text_depth", "decoder_channels", "num_timesteps",
     "sampling_steps", "max_steps", "batch_size", "grad_accum_steps", "lr", "log_every_steps",
     "checkpoint_every_steps", "num_sample_prompts", "weight_min_snr", "weight_max_snr",
-    "min_snr_gamma", "cpu_streams", "sigma_data", "grad_clip_norm", "subword_vocab_size", "refine_layers",
+    "min_snr_gamma", "cpu_streams", "sigma_data", "pixel_lr_mult", "grad_clip_norm", "subword_vocab_size", "refine_layers",
 )
 NON_NEGATIVE = (
     "num_threads", "num_workers", "sample_fps", "warmup_steps", "weight_decay", "refine_channels",
@@ -270,7 +271,7 @@ REMOVED_KEYS: dict[str, Any] = {"x0_skip_snr": 0.0, "noise_shared_frac": 0.0, "p
 # its old behaviour, not gain today's recipe (an old demo checkpoint must not grow a pose stage).
 LEGACY_DEFAULTS: dict[str, Any] = {"frame_cond_depth": 0, "cpu_streams": 1, "pose_cond": False,
                                    "timestep_sampling_power": 0.0, "sigma_data": 0.5, "refine_channels": 0,
-                                   "pose_skeleton": "hands"}
+                                   "pose_skeleton": "hands", "pixel_lr_mult": 1.0}
 
 
 def _field_type(f: dataclasses.Field) -> type:

@@ -31,17 +31,30 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, embeddings, positions and scalars (the usual GPT/DiT split)."""
-    decay, no_decay = [], []
+# The full-resolution pixel path: the head's convs, the refine path and the output scale.
+PIXEL_PATH_PREFIXES = ("head.", "refine.", "output_scale")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, pixel_lr_mult: float = 1.0) -> list[dict]:
+    """No weight decay on biases, norms, embeddings, positions and scalars (the usual GPT/DiT split).
+
+    With pixel_lr_mult != 1 the pixel path gets its own two groups whose LR is that multiple of the
+    schedule's (`lr_mult`, applied by Trainer.step). Why: its output at low noise is the noise to
+    remove, x_t's high frequencies times ~1/(2σ) (gains of 10 and more at t = 0), and AdamW moves a
+    weight by at most ~lr per step, so at the shared LR those convs stay too small in a short run and
+    leave grain (docs/experiments.md, row 56). With 1, the two groups of earlier checkpoints."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "embed.weight" not in name and "pos" not in name else no_decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+        decays = p.dim() >= 2 and "embed.weight" not in name and "pos" not in name
+        pixel = pixel_lr_mult != 1.0 and name.startswith(PIXEL_PATH_PREFIXES)
+        groups.setdefault((pixel, decays), []).append(p)
+    return [dict(params=params, weight_decay=weight_decay if decays else 0.0, lr_mult=pixel_lr_mult if pixel else 1.0)
+            for (pixel, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
     """AdamW, fused on every device (torch's fused CPU kernel: one pass over all tensors)."""
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.pixel_lr_mult), lr=cfg.lr,
                              betas=(0.9, cfg.adam_beta2), fused=True)
 
 
@@ -248,7 +261,7 @@ class Trainer:
         cfg = self.cfg
         lr = lr_at(step, cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         loss, terms, indices = torch.zeros((), device=self.device), [], []
         for micro_step in range(cfg.grad_accum_steps):

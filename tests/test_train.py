@@ -8,7 +8,7 @@ from checkpoint import checkpoint_paths, load_checkpoint
 from config import make_config
 from diffusion import build_diffusion, build_objective
 from models import build_model
-from training import make_ema
+from training import make_ema, param_groups
 
 
 def test_tiny_overfits_a_fixed_batch():
@@ -48,6 +48,21 @@ def test_ema_follows_the_warmup_decay_and_skips_integer_buffers():
     assert int(ema.module[1].num_batches_tracked) == 4
 
 
+def test_pixel_path_groups_cover_every_parameter_once():
+    model = build_model(make_config("tiny", {}), 20)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups(model, 0.01, pixel_lr_mult=10.0)
+    seen = [names[id(p)] for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(names.values())
+    for g in groups:
+        pixel = {n.startswith(("head.", "refine.", "output_scale")) for n in (names[id(p)] for p in g["params"])}
+        assert pixel == {g["lr_mult"] == 10.0}, g["lr_mult"]
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.01}
+    # multiplier 1: the two groups (decay, no decay) that checkpoints from before the key hold
+    plain = param_groups(model, 0.01)
+    assert [g["weight_decay"] for g in plain] == [0.01, 0.0] and {g["lr_mult"] for g in plain} == {1.0}
+
+
 def test_main_end_to_end_and_resume(tmp_path, capsys):
     args = ["--preset", "tiny", "--experiment_name", "e2e", "--output_dir", str(tmp_path),
             "--max_steps", "10", "--checkpoint_every_steps", "5", "--log_every_steps", "5"]
@@ -61,6 +76,10 @@ def test_main_end_to_end_and_resume(tmp_path, capsys):
     paths = checkpoint_paths(run)
     state = load_checkpoint(paths[0])
     assert state["step"] == 10 and state["config"]["experiment_name"] == "e2e"
+    # the pixel path trained at pixel_lr_mult times the schedule's LR, everything else at it (row 56)
+    groups = state["optimizer"]["param_groups"]
+    base = min(g["lr"] for g in groups)
+    assert base > 0 and sorted({round(g["lr"] / base, 6) for g in groups}) == [1.0, 10.0]
     capsys.readouterr()
     assert train_main.main(args[:-6] + ["--max_steps", "12", "--checkpoint_every_steps", "5",
                                         "--log_every_steps", "1"]) == 0
