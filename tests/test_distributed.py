@@ -106,10 +106,15 @@ def test_ddp_equals_single_process_with_same_global_batch(runs, accum):
     ddp_metrics = (tmp_path / f"ddp_accum{accum}" / "metrics.jsonl").read_text().splitlines()
     single_metrics = (tmp_path / f"single_accum{accum}" / "metrics.jsonl").read_text().splitlines()
     assert len(ddp_metrics) == len(single_metrics)
-    # Gradients agree to ~1e-7; AdamW turns float noise on a near-zero gradient (the conv bias in
-    # front of GroupNorm) into a ~1e-4 relative difference of that weight after a few steps.
+    # Gradients agree to ~1e-7; AdamW turns float noise on a near-zero gradient into a ~1e-4
+    # relative difference of that weight after a few steps. The head's conv bias feeds a GroupNorm
+    # with one channel per group, which removes it: its true gradient is 0, so AdamW (at the pixel
+    # path's 10x LR) walks it by float noise alone, and it changes no output. It is left out.
+    no_gradient = {"head.conv.bias"}
     for part in ("model", "ema"):
         for key, value in single[part].items():
+            if key in no_gradient:
+                continue
             torch.testing.assert_close(ddp[part][key], value, rtol=1e-3, atol=2e-4, msg=f"{part}.{key}")
     for a, b in zip(ddp_metrics, single_metrics):
         a, b = json.loads(a), json.loads(b)

@@ -151,7 +151,7 @@ def test_pose_stage_learns_keypoints_from_text():
     gen = torch.Generator().manual_seed(0)
     cond = dict(pose_xy=batch["pose_xy"], pose_visible=batch["pose_visible"])
     first = None
-    for _ in range(40):
+    for _ in range(60):  # 40 left 0.8% of the fingertip flags on under uniform t (row 57's draws)
         draws = objective.draw(tuple(batch["video"].shape), gen)
         result = objective(model, batch["video"], batch["tokens"], batch["token_mask"], draws, cond)
         opt.zero_grad()
