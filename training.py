@@ -43,13 +43,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float, pixel_lr_mult: flo
     remove, x_t's high frequencies times ~1/(2σ) (gains of 10 and more at t = 0), and AdamW moves a
     weight by at most ~lr per step, so at the shared LR those convs stay too small in a short run and
     leave grain (docs/experiments.md, row 56). With 1, the two groups of earlier checkpoints."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    # (pixel, decays) in the order the groups are saved: the two plain groups first, as before the key
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {
+        (False, True): [], (False, False): [], (True, True): [], (True, False): []}
     for name, p in model.named_parameters():
         decays = p.dim() >= 2 and "embed.weight" not in name and "pos" not in name
-        pixel = pixel_lr_mult != 1.0 and name.startswith(PIXEL_PATH_PREFIXES)
-        groups.setdefault((pixel, decays), []).append(p)
+        groups[(pixel_lr_mult != 1.0 and name.startswith(PIXEL_PATH_PREFIXES), decays)].append(p)
     return [dict(params=params, weight_decay=weight_decay if decays else 0.0, lr_mult=pixel_lr_mult if pixel else 1.0)
-            for (pixel, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
+            for (pixel, decays), params in groups.items() if params]
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:

@@ -8,7 +8,7 @@ from checkpoint import checkpoint_paths, load_checkpoint
 from config import make_config
 from diffusion import build_diffusion, build_objective
 from models import build_model
-from training import make_ema, param_groups
+from training import PIXEL_PATH_PREFIXES, make_ema, param_groups
 
 
 def test_tiny_overfits_a_fixed_batch():
@@ -55,7 +55,7 @@ def test_pixel_path_groups_cover_every_parameter_once():
     seen = [names[id(p)] for g in groups for p in g["params"]]
     assert sorted(seen) == sorted(names.values())
     for g in groups:
-        pixel = {n.startswith(("head.", "refine.", "output_scale")) for n in (names[id(p)] for p in g["params"])}
+        pixel = {n.startswith(PIXEL_PATH_PREFIXES) for n in (names[id(p)] for p in g["params"])}
         assert pixel == {g["lr_mult"] == 10.0}, g["lr_mult"]
     assert {g["weight_decay"] for g in groups} == {0.0, 0.01}
     # multiplier 1: the two groups (decay, no decay) that checkpoints from before the key hold
