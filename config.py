@@ -89,6 +89,7 @@ class Config:
     weight_max_snr: float = 10.0  # snr_clamp upper clamp on SNR
     min_snr_gamma: float = 5.0  # min_snr's gamma (Hang et al. 2023)
     motion_loss_weight: float = 0.0  # extra loss weight on pixels that move in the clean clip (rows 2, 36)
+    temporal_diff_loss_weight: float = 4.0  # + this x the frame-to-frame change of the target-space error: flicker weighs 17x (rows 61-64)
     timestep_sampling_power: float = 0.0  # training t ~ (t+1)^power; 0 = uniform, > 0 favours high noise (rows 14, 45, 57)
     cond_drop_prob: float = 0.1  # training: probability of replacing the text by the null text
     pose_loss_weight: float = 10.0  # pose_cond: weight of the pose stage's keypoint loss (frame units²)
@@ -150,7 +151,8 @@ POSITIVE = (
 )
 NON_NEGATIVE = (
     "num_threads", "num_workers", "sample_fps", "warmup_steps", "weight_decay", "refine_channels",
-    "sample_every_steps", "motion_loss_weight", "timestep_sampling_power", "frame_cond_depth",
+    "sample_every_steps", "motion_loss_weight", "temporal_diff_loss_weight",
+    "timestep_sampling_power", "frame_cond_depth",
     "min_lr_ratio", "ddim_eta", "pose_loss_weight", "max_bad_clip_fraction",
     "output_scale_init", "temporal_modulation_weight", "seed",
 )
@@ -271,7 +273,8 @@ REMOVED_KEYS: dict[str, Any] = {"x0_skip_snr": 0.0, "noise_shared_frac": 0.0, "p
 # its old behaviour, not gain today's recipe (an old demo checkpoint must not grow a pose stage).
 LEGACY_DEFAULTS: dict[str, Any] = {"frame_cond_depth": 0, "cpu_streams": 1, "pose_cond": False,
                                    "timestep_sampling_power": 0.0, "sigma_data": 0.5, "refine_channels": 0,
-                                   "pose_skeleton": "hands", "pixel_lr_mult": 1.0}
+                                   "pose_skeleton": "hands", "pixel_lr_mult": 1.0,
+                                   "temporal_diff_loss_weight": 0.0}
 
 
 def _field_type(f: dataclasses.Field) -> type:

@@ -22,7 +22,8 @@ def build_diffusion(cfg, device: torch.device | str = "cpu") -> GaussianDiffusio
 
 def build_objective(cfg, diffusion: GaussianDiffusion) -> DenoisingLoss:
     """The training loss of `cfg`: timestep sampling, weighting (off when use_timestep_weighting is
-    false, the historical switch), motion weighting, text dropout and the pose stage's term."""
+    false, the historical switch), motion weighting, the temporal-difference term, text dropout and
+    the pose stage's term."""
     device = diffusion.sched.betas.device
     if not cfg.use_timestep_weighting or cfg.loss_weighting == "none":
         weighting = Uniform()
@@ -32,5 +33,5 @@ def build_objective(cfg, diffusion: GaussianDiffusion) -> DenoisingLoss:
     else:
         weighting = MinSNR(cfg.min_snr_gamma, diffusion.prediction, cfg.sigma_data)
     return DenoisingLoss(diffusion, weighting, TimestepSampler(cfg.num_timesteps, cfg.timestep_sampling_power, device),
-                         cfg.cond_drop_prob, cfg.motion_loss_weight,
+                         cfg.cond_drop_prob, cfg.motion_loss_weight, cfg.temporal_diff_loss_weight,
                          aux_weights={"pose": cfg.pose_loss_weight} if cfg.pose_cond else {})

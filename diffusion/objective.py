@@ -107,6 +107,18 @@ def motion_mask(x0: torch.Tensor, extra_weight: float) -> torch.Tensor:
     return 1 + extra_weight * (change > 0.1).float()
 
 
+def temporal_difference_error(diff: torch.Tensor) -> torch.Tensor:
+    """(B,) mean squared frame-to-frame change of the error `diff` (B, C, T, H, W).
+
+    c_skip and c_out are constant over a clip's frames, so in EDM's target space this is the x0
+    error's temporal difference up to the clip's loss weight. Added to the plain MSE with weight w it
+    weighs the error's temporal frequency ω by 1 + w·(2 − 2cos ω): a change every frame (ω = π, the
+    grain and flicker of docs/experiments.md rows 61–64) 1 + 4w, an offset constant over the clip 1.
+    Any positive weighting of the error's spectrum has the same minimiser, the posterior mean
+    E[x0 | x_t]; it only decides which errors a small, briefly trained model removes first."""
+    return (diff[:, :, 1:] - diff[:, :, :-1]).pow(2).mean(dim=tuple(range(1, diff.dim())))
+
+
 class DenoisingLoss:
     """The denoising loss of `diffusion`'s parameterization, plus the model's auxiliary terms.
 
@@ -119,10 +131,11 @@ class DenoisingLoss:
     streams' and the ranks' slices); the others are only reported."""
 
     def __init__(self, diffusion: GaussianDiffusion, weighting, timestep_sampler: TimestepSampler,
-                 cond_drop_prob: float, motion_loss_weight: float = 0.0,
+                 cond_drop_prob: float, motion_loss_weight: float = 0.0, temporal_diff_weight: float = 0.0,
                  aux_weights: dict[str, float] | None = None):
         self.diffusion, self.weighting, self.timestep_sampler = diffusion, weighting, timestep_sampler
         self.cond_drop_prob, self.motion_loss_weight = cond_drop_prob, motion_loss_weight
+        self.temporal_diff_weight = temporal_diff_weight
         self.aux_weights = dict(aux_weights or {})
 
     def weights(self, t: torch.Tensor) -> torch.Tensor:
@@ -147,11 +160,15 @@ class DenoisingLoss:
             out, aux = model(inp, t, tokens, token_mask, drop, **cond, return_aux=True)
         else:
             out, aux = model(inp, t, tokens, token_mask, drop), {}
-        err = (out.float() - d.target(x0, t, noise).float()) ** 2
+        diff = out.float() - d.target(x0, t, noise).float()
+        err = diff**2
         if self.motion_loss_weight > 0:
             err = err * motion_mask(x0, self.motion_loss_weight)
         per_sample = err.mean(dim=tuple(range(1, err.dim())))
-        loss = (per_sample * self.weights(t)).mean()
+        fit = per_sample
+        if self.temporal_diff_weight > 0:
+            fit = fit + self.temporal_diff_weight * temporal_difference_error(diff)
+        loss = (fit * self.weights(t)).mean()
         keep = (~drop).float()
         sums = {k: (v.float() * keep).sum() for k, v in aux.items()}
         for name, weight in self.aux_weights.items():

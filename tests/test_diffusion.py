@@ -8,7 +8,7 @@ from config import make_config
 from diffusion import build_diffusion, build_objective
 from diffusion.gaussian import (GaussianDiffusion, Prediction, Schedule, edm_coefficients, make_betas,
                                 predict_eps_from_x0, predict_x0_from_eps, predict_x0_from_v, q_sample, v_target)
-from diffusion.objective import MinSNR, SNRClamp, TimestepSampler, Uniform, motion_mask
+from diffusion.objective import MinSNR, SNRClamp, TimestepSampler, Uniform, motion_mask, temporal_difference_error
 
 
 def _diffusion(prediction="x0", sigma_data=0.5, schedule="cosine", zero_terminal_snr=False):
@@ -275,7 +275,7 @@ def test_timestep_sampling_power_shifts_t_by_the_formula():
 
 @pytest.mark.parametrize("prediction", ["x0", "edm"])
 def test_uniform_loss_is_the_target_space_mse(prediction):
-    objective, diffusion = _objective(prediction_type=prediction, loss_weighting="none")
+    objective, diffusion = _objective(prediction_type=prediction, loss_weighting="none", temporal_diff_loss_weight=0.0)
     gen = torch.Generator().manual_seed(0)
     x0 = torch.rand(6, 3, 4, 16, 16, generator=gen) * 2 - 1
     noise = torch.randn(x0.shape, generator=gen)
@@ -291,6 +291,27 @@ def test_uniform_loss_is_the_target_space_mse(prediction):
     target = diffusion.target(x0, t, noise)
     assert float(out.loss) == pytest.approx(float(((wrong - target) ** 2).mean()), rel=1e-5)
     torch.testing.assert_close(seen["x_in"], diffusion.model_input(q_sample(diffusion.sched, x0, t, noise), t))
+
+
+def test_temporal_diff_term_charges_flicker_and_not_a_steady_offset():
+    objective, diffusion = _objective(loss_weighting="none", temporal_diff_loss_weight=2.0)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 3, 8, 8, 8, generator=gen) * 2 - 1
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.tensor([3, 30])
+    target = diffusion.target(x0, t, noise)
+    steady = torch.full((1, 1, 8, 1, 1), 0.5)  # the same error in every frame
+    flicker = 0.5 * (-1.0) ** torch.arange(8.0).view(1, 1, 8, 1, 1)  # equal MSE, sign flips per frame
+    losses = {}
+    for name, err in (("steady", steady), ("flicker", flicker)):
+        out = objective(lambda *a: target + err, x0, torch.zeros(2, 1, dtype=torch.long),
+                        torch.ones(2, 1, dtype=torch.bool), (t, noise, torch.zeros(2, dtype=torch.bool)))
+        losses[name] = float(out.loss)
+        assert float(out.per_sample.mean()) == pytest.approx(0.25, rel=1e-5)  # the logged MSE is plain
+    assert losses["steady"] == pytest.approx(0.25, rel=1e-5)  # no temporal change: plain MSE
+    assert losses["flicker"] == pytest.approx(0.25 + 2.0 * 1.0, rel=1e-5)  # change 1.0 per frame pair, squared
+    white = torch.randn(4, 3, 16, 8, 8, generator=gen)
+    assert float(temporal_difference_error(white).mean()) == pytest.approx(2.0, rel=0.05)  # 2·var for white error
 
 
 def test_auxiliary_terms_join_the_loss_with_their_weight_over_the_clips_that_kept_their_text():
