@@ -38,9 +38,13 @@ from training import Trainer, choose_precision
 # weighting, one-frame tokens, no per-frame text decoder and no pose stage. (An x0 target would need
 # an x0 RMSE that a seconds-long CPU run cannot reach to beat the zero baseline at t = 0: eps error =
 # √SNR · x0 error.) 2-px patches: a token carries 12 pixel values through width 32, no bottleneck
-# (field notes, item 11), so neither needs the recipe's full-resolution refine path.
+# (field notes, item 11), so neither needs the recipe's full-resolution refine path. No
+# temporal-difference term either: the historical model had none, and on an eps target it charges the
+# frame-to-frame change of the noise estimate itself (with it, 35 steps leave the fixed model below the
+# zero baseline at t = 0; docs/experiments.md, row 62 (the demo)).
 SELF_CHECK = dict(num_frames=4, frame_size_px=16, patch_size_px=2, prediction_type="eps",
-                  loss_weighting="snr_clamp", timestep_sampling_power=0.0, tubelet_frames=1,
+                  loss_weighting="snr_clamp", timestep_sampling_power=0.0, temporal_diff_loss_weight=0.0,
+                  tubelet_frames=1,
                   frame_cond_depth=0, pose_cond=False, refine_channels=0, cpu_streams=1, num_train_samples=256,
                   num_eval_samples=32, batch_size=16, lr=2e-3, warmup_steps=1, min_lr_ratio=1.0,
                   weight_decay=0.0)

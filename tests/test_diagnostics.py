@@ -144,6 +144,16 @@ def test_quick_test_fixes_self_check_plumbing(tmp_path, capsys):
     assert "Self-check" in capsys.readouterr().out
 
 
+def test_quick_test_fixes_self_check_passes_as_shipped(tmp_path):
+    """What the README promises: with no arguments the fixed model passes at every t and the historical
+    one shows its signature (a recipe change that breaks the self-check's config fails here; ~20 s)."""
+    path = tmp_path / "self.json"
+    code = quick_test_fixes.main(["--json", str(path)])
+    models = json.loads(path.read_text())["models"]
+    assert models["fixed"]["passed"] and models["historical (residual_input)"]["signature"]
+    assert code == 0
+
+
 def test_quick_test_fixes_untrained_self_check_is_the_identity_and_fails(tmp_path):
     path = tmp_path / "untrained.json"
     code = quick_test_fixes.main(["--steps", "0", "--timesteps", "0,49", "--num_clips", "4", "--json", str(path)])
