@@ -89,7 +89,7 @@ class Config:
     weight_max_snr: float = 10.0  # snr_clamp upper clamp on SNR
     min_snr_gamma: float = 5.0  # min_snr's gamma (Hang et al. 2023)
     motion_loss_weight: float = 0.0  # extra loss weight on pixels that move in the clean clip (rows 2, 36)
-    temporal_diff_loss_weight: float = 4.0  # + this x the frame-to-frame change of the target-space error: flicker weighs 17x (rows 61-64)
+    temporal_diff_loss_weight: float = 4.0  # + this x the frame-to-frame change of the target-space error: flicker weighs 17x (rows 61-65)
     timestep_sampling_power: float = 0.0  # training t ~ (t+1)^power; 0 = uniform, > 0 favours high noise (rows 14, 45, 57)
     cond_drop_prob: float = 0.1  # training: probability of replacing the text by the null text
     pose_loss_weight: float = 10.0  # pose_cond: weight of the pose stage's keypoint loss (frame units²)

@@ -131,11 +131,11 @@ class DenoisingLoss:
     streams' and the ranks' slices); the others are only reported."""
 
     def __init__(self, diffusion: GaussianDiffusion, weighting, timestep_sampler: TimestepSampler,
-                 cond_drop_prob: float, motion_loss_weight: float = 0.0, temporal_diff_weight: float = 0.0,
+                 cond_drop_prob: float, motion_loss_weight: float = 0.0, temporal_diff_loss_weight: float = 0.0,
                  aux_weights: dict[str, float] | None = None):
         self.diffusion, self.weighting, self.timestep_sampler = diffusion, weighting, timestep_sampler
         self.cond_drop_prob, self.motion_loss_weight = cond_drop_prob, motion_loss_weight
-        self.temporal_diff_weight = temporal_diff_weight
+        self.temporal_diff_loss_weight = temporal_diff_loss_weight
         self.aux_weights = dict(aux_weights or {})
 
     def weights(self, t: torch.Tensor) -> torch.Tensor:
@@ -166,8 +166,8 @@ class DenoisingLoss:
             err = err * motion_mask(x0, self.motion_loss_weight)
         per_sample = err.mean(dim=tuple(range(1, err.dim())))
         fit = per_sample
-        if self.temporal_diff_weight > 0:
-            fit = fit + self.temporal_diff_weight * temporal_difference_error(diff)
+        if self.temporal_diff_loss_weight > 0:
+            fit = fit + self.temporal_diff_loss_weight * temporal_difference_error(diff)
         loss = (fit * self.weights(t)).mean()
         keep = (~drop).float()
         sums = {k: (v.float() * keep).sum() for k, v in aux.items()}
