@@ -69,6 +69,7 @@ class Config:
     decoder_channels: int = 8  # channels of x_up, the pixel-space features before the final projection (row 13)
     refine_channels: int = 16  # channels of the full-resolution conv path beside the head; 0 = off (rows 42-45)
     refine_layers: int = 3  # 3x3 conv layers of that path
+    pixel_norm_over_clip: bool = True  # the head's and refine path's norms take each clip's statistics, not each frame's (row 67)
     final_norm: str = "group"  # group | batch: normalization in the final projection (the original head used batch)
     output_scale_init: float = 0.5  # initial value of the learnable output_scale on the head's output
     temporal_modulation_weight: float = 0.5  # weight of the adaLN shift/scale from the timestep+text condition
@@ -274,7 +275,7 @@ REMOVED_KEYS: dict[str, Any] = {"x0_skip_snr": 0.0, "noise_shared_frac": 0.0, "p
 LEGACY_DEFAULTS: dict[str, Any] = {"frame_cond_depth": 0, "cpu_streams": 1, "pose_cond": False,
                                    "timestep_sampling_power": 0.0, "sigma_data": 0.5, "refine_channels": 0,
                                    "pose_skeleton": "hands", "pixel_lr_mult": 1.0,
-                                   "temporal_diff_loss_weight": 0.0}
+                                   "temporal_diff_loss_weight": 0.0, "pixel_norm_over_clip": False}
 
 
 def _field_type(f: dataclasses.Field) -> type:

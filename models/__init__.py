@@ -22,7 +22,7 @@ def model_kwargs(cfg, vocab_size: int) -> dict:
         output_scale_init=cfg.output_scale_init, temporal_modulation_weight=cfg.temporal_modulation_weight,
         activation_checkpointing=cfg.activation_checkpointing, pose_cond=cfg.pose_cond,
         pose_points=points, pose_groups=groups, pose_hands=hands, refine_channels=cfg.refine_channels,
-        refine_layers=cfg.refine_layers)
+        refine_layers=cfg.refine_layers, norm_over_clip=cfg.pixel_norm_over_clip)
 
 
 def build_model(cfg, vocab_size: int) -> ViViTDenoiser:

@@ -134,3 +134,30 @@ def test_self_attention_over_any_axis_matches_a_reference(seq_dim):
     ref = torch.nn.functional.scaled_dot_product_attention(*heads).transpose(1, 2).flatten(-2)
     ref = att.proj(ref).reshape(*lead, *seq_first.shape[-2:]).movedim(-2, seq_dim)
     torch.testing.assert_close(att(x, seq_dim=seq_dim), ref, rtol=1e-5, atol=1e-6)
+
+
+def _random_(module):
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.3)
+    return module.eval()
+
+
+@pytest.mark.parametrize("over_clip", [False, True])
+def test_clip_norm_keeps_a_still_background_still_while_an_arm_moves(over_clip):
+    """A clip whose frames differ only by a moving blob: far from the blob the head's output is the
+    same in every frame when its norm takes the clip's statistics; with per-frame statistics the
+    blob's position leaks into the whole frame (the brightness pumping of docs/experiments.md, row 67)."""
+    from models.architectures.vivit import FinalProjection
+
+    frames, size = 6, 24
+    head = _random_(FinalProjection(8, "group", input_channels=3, norm_over_clip=over_clip))
+    x_up = torch.randn(1, 8, size, size).repeat(frames, 1, 1, 1)
+    x_in = torch.randn(1, 3, size, size).repeat(frames, 1, 1, 1)
+    for f in range(frames):  # the blob moves along the top rows and grows
+        x_up[f, :, 0:3, 3 * f:3 * f + 3 + f] += 4.0
+    out = head(x_up, x_in, frames)
+    far = out[:, :, 12:, :]  # rows the 5x5 convs cannot reach from the blob
+    spread = (far - far[:1]).abs().max()
+    assert (spread < 1e-5) if over_clip else (spread > 1e-3)
