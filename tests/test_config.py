@@ -75,3 +75,6 @@ def test_saved_config_without_a_newer_key_keeps_the_old_behaviour():
     saved = make_config("cpu").to_dict()
     del saved["pose_skeleton"]  # written while the hand-centre stage was the only one
     assert make_config("cpu").pose_skeleton == "full" and config_from_dict(saved).pose_skeleton == "hands"
+    saved = make_config("cpu").to_dict()
+    del saved["pixel_norm_over_clip"]  # written while the pixel path normalised each frame alone
+    assert make_config("cpu").pixel_norm_over_clip is True and config_from_dict(saved).pixel_norm_over_clip is False
