@@ -19,6 +19,7 @@ class HistoricalDenoiser(ViViTDenoiser):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.head = FinalProjection(self.decoder_channels, kwargs["final_norm"], input_channels=0)
+        self.norm_over_clip = False  # the seed's head normalised each frame alone
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         out = super().forward(x, *args, **kwargs)

@@ -33,11 +33,12 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 
 
 def clip_norm(norm: nn.Module, z: torch.Tensor, frames: int) -> torch.Tensor:
-    """`norm` (GroupNorm/BatchNorm) of z (B*T, C, H, W) in fp32 with statistics over each clip's T
-    frames, not per frame. Why: per-frame statistics move with the arms, so the still background's
-    output shifts with them, a frame-wide brightness pumping (docs/experiments.md, row 67); video
-    U-Nets normalise over the clip (GroupNorm on (B, C, T, H, W)). On channels-last memory the
-    reshapes are views. (BatchNorm's statistics span the batch and every frame either way.)"""
+    """`norm` (GroupNorm/BatchNorm) of z (B*T, C, H, W) in fp32 with statistics over each run of
+    `frames` frames: T (the clip) or 1 (each frame alone, the legacy span). Why the clip: per-frame
+    statistics move with the arms, so the still background's output shifts with them, a frame-wide
+    brightness pumping (docs/experiments.md, row 67); video U-Nets normalise over the clip
+    (GroupNorm on (B, C, T, H, W)). On channels-last memory the reshapes are views. (BatchNorm's
+    statistics span the batch and every frame either way.)"""
     bt, c, h, w = z.shape
     b = bt // frames
     y = norm(z.float().view(b, frames, c, h, w).transpose(1, 2).reshape(b, c, frames * h, w))
@@ -54,9 +55,8 @@ class FinalProjection(nn.Module):
     the input added to the output at every noise level) the head learns how much of x_t to use.
     """
 
-    def __init__(self, channels: int, norm: str, input_channels: int = 3, norm_over_clip: bool = False):
+    def __init__(self, channels: int, norm: str, input_channels: int = 3):
         super().__init__()
-        self.norm_over_clip = norm_over_clip
         self.sees_input = input_channels > 0
         self.conv = nn.Conv2d(channels + input_channels, channels, 5, padding=2)
         if norm == "group":
@@ -69,13 +69,13 @@ class FinalProjection(nn.Module):
         nn.init.zeros_(self.out.weight)  # untrained model outputs 0 (field notes, item 5)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x_up: torch.Tensor, x_in: torch.Tensor, frames: int) -> torch.Tensor:
-        """x_up (B*T, C, H, W), x_in (B*T, input_channels, H, W), T = frames -> (B*T, 3, H, W)."""
+    def forward(self, x_up: torch.Tensor, x_in: torch.Tensor, norm_frames: int) -> torch.Tensor:
+        """x_up (B*T, C, H, W), x_in (B*T, input_channels, H, W) -> (B*T, 3, H, W); the norm's
+        statistics span `norm_frames` frames (`clip_norm`)."""
         h = self.conv(torch.cat([x_up, x_in], dim=1) if self.sees_input else x_up)
         # The norm in fp32: under bf16 autocast, GroupNorm on channels-last activations takes a slow
         # path in torch (docs/performance.md, round 6).
-        normed = clip_norm(self.norm, h, frames) if self.norm_over_clip else self.norm(h.float())
-        return self.out(x_up + F.relu(normed).to(h.dtype))
+        return self.out(x_up + F.relu(clip_norm(self.norm, h, norm_frames)).to(h.dtype))
 
 
 class PixelRefiner(nn.Module):
@@ -88,10 +88,8 @@ class PixelRefiner(nn.Module):
     few convs on x_t can, once they know how much of x_t is noise (docs/experiments.md, rows 40-44).
     """
 
-    def __init__(self, in_channels: int, channels: int, layers: int, cond_width: int,
-                 norm_over_clip: bool = False):
+    def __init__(self, in_channels: int, channels: int, layers: int, cond_width: int):
         super().__init__()
-        self.norm_over_clip = norm_over_clip
         self.convs = nn.ModuleList(nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1)
                                    for i in range(layers))
         self.norms = nn.ModuleList(nn.GroupNorm(min(8, channels), channels, affine=False) for _ in range(layers))
@@ -102,15 +100,16 @@ class PixelRefiner(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, feats: torch.Tensor, cond: torch.Tensor, frames: int) -> torch.Tensor:
-        """feats (B*T, in_channels, H, W), cond (B*T, cond_width), T = frames -> (B*T, 3, H, W)."""
+    def forward(self, feats: torch.Tensor, cond: torch.Tensor, norm_frames: int) -> torch.Tensor:
+        """feats (B*T, in_channels, H, W), cond (B*T, cond_width) -> (B*T, 3, H, W); the norms'
+        statistics span `norm_frames` frames (`clip_norm`)."""
         film = self.film(cond)[:, :, None, None].chunk(2 * len(self.convs), dim=1)
         h = None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             z = conv(feats if h is None else h)
             # fp32 norm: the slow bf16 channels-last GroupNorm path, as in FinalProjection
-            normed = clip_norm(norm, z, frames) if self.norm_over_clip else norm(z.float())
-            y = F.silu(torch.addcmul(film[2 * i + 1], normed.to(z.dtype), 1 + film[2 * i]))
+            normed = clip_norm(norm, z, norm_frames).to(z.dtype)
+            y = F.silu(torch.addcmul(film[2 * i + 1], normed, 1 + film[2 * i]))
             h = y if h is None else h + y
         return self.out(h)
 
@@ -166,10 +165,9 @@ class ViViTDenoiser(nn.Module):
         nn.init.zeros_(self.ada_out[1].bias)
         self.modulation_weight = temporal_modulation_weight
         self.unpatch = nn.Linear(width, tubelet_frames * patch_size_px**2 * decoder_channels)
-        self.head = FinalProjection(decoder_channels, final_norm, input_channels=self.in_channels,
-                                    norm_over_clip=norm_over_clip)
-        self.refine = (PixelRefiner(decoder_channels + self.in_channels, refine_channels, refine_layers, width,
-                                     norm_over_clip)
+        self.norm_over_clip = norm_over_clip
+        self.head = FinalProjection(decoder_channels, final_norm, input_channels=self.in_channels)
+        self.refine = (PixelRefiner(decoder_channels + self.in_channels, refine_channels, refine_layers, width)
                        if refine_channels else None)
         self.output_scale = nn.Parameter(torch.tensor(float(output_scale_init)))
 
@@ -224,10 +222,12 @@ class ViViTDenoiser(nn.Module):
         x_up = self.unpatchify(h)  # (B*T, C, H, W): pixel-space features, frames folded into batch
         x_frames = x.transpose(1, 2).reshape(b * frames, self.in_channels, height, width_px)
         x_frames = x_frames.contiguous(memory_format=torch.channels_last)
-        out = self.head(x_up, x_frames, frames)
+        norm_frames = frames if self.norm_over_clip else 1
+        out = self.head(x_up, x_frames, norm_frames)
         if self.refine is not None:  # one conditioning vector per frame (per latent frame, repeated)
             frame_cond = cond.expand(b, self.grid_t, -1).repeat_interleave(self.tubelet, dim=1)
-            out = out + self.refine(torch.cat([x_up, x_frames], dim=1), frame_cond.reshape(b * frames, -1), frames)
+            out = out + self.refine(torch.cat([x_up, x_frames], dim=1), frame_cond.reshape(b * frames, -1),
+                                    norm_frames)
         out = (self.output_scale * out).reshape(b, frames, 3, height, width_px).transpose(1, 2)
         return (out, aux) if return_aux else out
 
