@@ -36,7 +36,7 @@ _PREFIXES = ("module.", "_orig_mod.")
 PARAMETER_KEYS = ("model_size", "num_frames", "frame_size_px", "patch_size_px", "tubelet_frames",
                   "mlp_ratio", "text_depth", "frame_cond_depth", "max_text_len_tokens", "decoder_channels",
                   "final_norm", "residual_input", "pose_cond", "pose_skeleton", "refine_channels",
-                  "refine_layers", "pixel_norm_over_clip")
+                  "refine_layers", "pixel_norm_over_clip", "pixel_temporal_blend")
 # Config keys that give the network's output its meaning: the same weights under another schedule or
 # prediction type are another model.
 OUTPUT_KEYS = ("prediction_type", "sigma_data", "num_timesteps", "beta_schedule", "zero_terminal_snr")

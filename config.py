@@ -70,6 +70,7 @@ class Config:
     refine_channels: int = 16  # channels of the full-resolution conv path beside the head; 0 = off (rows 42-45)
     refine_layers: int = 3  # 3x3 conv layers of that path
     pixel_norm_over_clip: bool = True  # the head's and refine path's norms take each clip's statistics, not each frame's (row 67)
+    pixel_temporal_blend: bool = True  # the refine path gates each pixel toward its clip-mean estimate (EDM only; row 78)
     final_norm: str = "group"  # group | batch: normalization in the final projection (the original head used batch)
     output_scale_init: float = 0.5  # initial value of the learnable output_scale on the head's output
     temporal_modulation_weight: float = 0.5  # weight of the adaLN shift/scale from the timestep+text condition
@@ -202,6 +203,9 @@ def validate(cfg: Config) -> None:
     if cfg.zero_terminal_snr and cfg.prediction_type == "eps":
         raise ConfigError("config keys 'zero_terminal_snr'=true and 'prediction_type'='eps': eps "
                           "prediction divides by zero at the pure-noise step; use v, x0 or edm")
+    if cfg.pixel_temporal_blend and (cfg.prediction_type != "edm" or not cfg.refine_channels):
+        raise ConfigError(f"config key 'pixel_temporal_blend'=true needs 'prediction_type'='edm' (got "
+                          f"{cfg.prediction_type!r}) and 'refine_channels' > 0 (got {cfg.refine_channels})")
     if cfg.weight_min_snr > cfg.weight_max_snr:
         raise ConfigError(f"config keys 'weight_min_snr'={cfg.weight_min_snr} > 'weight_max_snr'="
                           f"{cfg.weight_max_snr}")
@@ -275,7 +279,8 @@ REMOVED_KEYS: dict[str, Any] = {"x0_skip_snr": 0.0, "noise_shared_frac": 0.0, "p
 LEGACY_DEFAULTS: dict[str, Any] = {"frame_cond_depth": 0, "cpu_streams": 1, "pose_cond": False,
                                    "timestep_sampling_power": 0.0, "sigma_data": 0.5, "refine_channels": 0,
                                    "pose_skeleton": "hands", "pixel_lr_mult": 1.0,
-                                   "temporal_diff_loss_weight": 0.0, "pixel_norm_over_clip": False}
+                                   "temporal_diff_loss_weight": 0.0, "pixel_norm_over_clip": False,
+                                   "pixel_temporal_blend": False}
 
 
 def _field_type(f: dataclasses.Field) -> type:

@@ -139,6 +139,8 @@ def estimate_memory(cfg, vocab_size: int | None = None, device_type: str = "cpu"
     head = pixels * (6 * cfg.decoder_channels + 12)  # x_up, conv, norm, ReLU, sum, RGB out, inputs
     if cfg.refine_channels:  # per layer: conv out, fp32 norm, modulated, SiLU, running sum; its input
         head += pixels * (5 * cfg.refine_layers * cfg.refine_channels + cfg.decoder_channels + 8)
+    if cfg.pixel_temporal_blend:  # the blend in fp32: output, deviations, gate, result; the second fit
+        head += pixels * 3 * 6
     acts = micro * (blocks + text_acts + head) * FLOAT_BYTES
     est.parts["activations"] = int(acts * BF16_ACTIVATION_SHARE + est.num_params * 2) if bf16 else acts
     est.detail["activations"] = (f"micro-batch {micro} x {grid_t} x {n_s} video tokens of width {d} through "

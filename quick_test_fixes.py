@@ -45,7 +45,8 @@ from training import Trainer, choose_precision
 SELF_CHECK = dict(num_frames=4, frame_size_px=16, patch_size_px=2, prediction_type="eps",
                   loss_weighting="snr_clamp", timestep_sampling_power=0.0, temporal_diff_loss_weight=0.0,
                   tubelet_frames=1,
-                  frame_cond_depth=0, pose_cond=False, refine_channels=0, cpu_streams=1, num_train_samples=256,
+                  frame_cond_depth=0, pose_cond=False, refine_channels=0, pixel_temporal_blend=False,
+                  cpu_streams=1, num_train_samples=256,
                   num_eval_samples=32, batch_size=16, lr=2e-3, warmup_steps=1, min_lr_ratio=1.0,
                   weight_decay=0.0)
 # Short on purpose: the residual variant learns to cancel x_t (out ≈ (1-c) x_t) within a few steps

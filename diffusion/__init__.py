@@ -34,4 +34,5 @@ def build_objective(cfg, diffusion: GaussianDiffusion) -> DenoisingLoss:
         weighting = MinSNR(cfg.min_snr_gamma, diffusion.prediction, cfg.sigma_data)
     return DenoisingLoss(diffusion, weighting, TimestepSampler(cfg.num_timesteps, cfg.timestep_sampling_power, device),
                          cfg.cond_drop_prob, cfg.motion_loss_weight, cfg.temporal_diff_loss_weight,
-                         aux_weights={"pose": cfg.pose_loss_weight} if cfg.pose_cond else {})
+                         aux_weights={"pose": cfg.pose_loss_weight} if cfg.pose_cond else {},
+                         blend_aux=cfg.pixel_temporal_blend)

@@ -128,15 +128,30 @@ class DenoisingLoss:
     it returns (output, {name: per-clip values (B,)})). They are conditional on the text, so a clip
     whose text was dropped contributes 0; terms named in `aux_weights` join the loss with that weight
     as a mean over the batch's clips (a sum over clips / B, which adds up exactly over the CPU
-    streams' and the ranks' slices); the others are only reported."""
+    streams' and the ranks' slices); the others are only reported. A model with the temporal blend
+    (`blend_aux`) also returns its output before the blend, aux["unblended"] (B, 3, T, H, W): the
+    fit is then the mean of both outputs' fits, so each frame's own estimate keeps learning to
+    denoise (docs/experiments.md, rows 77-78)."""
 
     def __init__(self, diffusion: GaussianDiffusion, weighting, timestep_sampler: TimestepSampler,
                  cond_drop_prob: float, motion_loss_weight: float = 0.0, temporal_diff_loss_weight: float = 0.0,
-                 aux_weights: dict[str, float] | None = None):
+                 aux_weights: dict[str, float] | None = None, blend_aux: bool = False):
         self.diffusion, self.weighting, self.timestep_sampler = diffusion, weighting, timestep_sampler
+        self.blend_aux = blend_aux
         self.cond_drop_prob, self.motion_loss_weight = cond_drop_prob, motion_loss_weight
         self.temporal_diff_loss_weight = temporal_diff_loss_weight
         self.aux_weights = dict(aux_weights or {})
+
+    def _fit(self, diff: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-clip MSE, per-clip fit: the MSE with motion weighting plus the temporal-difference term)."""
+        err = diff**2
+        if self.motion_loss_weight > 0:
+            err = err * motion_mask(x0, self.motion_loss_weight)
+        per_sample = err.mean(dim=tuple(range(1, err.dim())))
+        fit = per_sample
+        if self.temporal_diff_loss_weight > 0:
+            fit = fit + self.temporal_diff_loss_weight * temporal_difference_error(diff)
+        return per_sample, fit
 
     def weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-clip loss weight (B,) of timesteps t."""
@@ -156,18 +171,17 @@ class DenoisingLoss:
         d = self.diffusion
         x_t = q_sample(d.sched, x0, t, noise)
         inp = d.model_input(x_t, t)
-        if cond:
-            out, aux = model(inp, t, tokens, token_mask, drop, **cond, return_aux=True)
+        if cond or self.blend_aux:
+            out, aux = model(inp, t, tokens, token_mask, drop, **(cond or {}), return_aux=True)
         else:
             out, aux = model(inp, t, tokens, token_mask, drop), {}
-        diff = out.float() - d.target(x0, t, noise).float()
-        err = diff**2
-        if self.motion_loss_weight > 0:
-            err = err * motion_mask(x0, self.motion_loss_weight)
-        per_sample = err.mean(dim=tuple(range(1, err.dim())))
-        fit = per_sample
-        if self.temporal_diff_loss_weight > 0:
-            fit = fit + self.temporal_diff_loss_weight * temporal_difference_error(diff)
+        unblended = aux.pop("unblended", None)
+        if self.blend_aux and unblended is None:
+            raise ValueError("blend_aux: the model returned no 'unblended' output")
+        target = d.target(x0, t, noise).float()
+        per_sample, fit = self._fit(out.float() - target, x0)
+        if unblended is not None:
+            fit = 0.5 * (fit + self._fit(unblended.float() - target, x0)[1])
         loss = (fit * self.weights(t)).mean()
         keep = (~drop).float()
         sums = {k: (v.float() * keep).sum() for k, v in aux.items()}

@@ -3,7 +3,10 @@
 `cfg` is read for its model keys only (no import of config: config imports the size registry)."""
 from __future__ import annotations
 
+import torch
+
 from data.skeleton import stage_layout
+from diffusion.gaussian import Schedule
 from models.architectures.vivit import MODEL_SIZES, ViViTDenoiser
 
 __all__ = ["MODEL_SIZES", "ViViTDenoiser", "build_model", "model_kwargs"]
@@ -22,7 +25,15 @@ def model_kwargs(cfg, vocab_size: int) -> dict:
         output_scale_init=cfg.output_scale_init, temporal_modulation_weight=cfg.temporal_modulation_weight,
         activation_checkpointing=cfg.activation_checkpointing, pose_cond=cfg.pose_cond,
         pose_points=points, pose_groups=groups, pose_hands=hands, refine_channels=cfg.refine_channels,
-        refine_layers=cfg.refine_layers, norm_over_clip=cfg.pixel_norm_over_clip)
+        refine_layers=cfg.refine_layers, norm_over_clip=cfg.pixel_norm_over_clip,
+        temporal_blend_ratio=temporal_blend_ratio(cfg) if cfg.pixel_temporal_blend else None)
+
+
+def temporal_blend_ratio(cfg) -> list[float]:
+    """σ_d/σ(t) = σ_d·√SNR(t) per timestep: what turns the clip-mean deviation of the network's input
+    (c_in·x̃) into the output space of EDM's F (ViViTDenoiser.blend_toward_clip_mean)."""
+    sched = Schedule.create(cfg.beta_schedule, cfg.num_timesteps, cfg.zero_terminal_snr)
+    return (cfg.sigma_data * sched.snr(torch.arange(cfg.num_timesteps)).sqrt()).tolist()
 
 
 def build_model(cfg, vocab_size: int) -> ViViTDenoiser:

@@ -1,7 +1,7 @@
 """Train short runs that differ in one setting and compare them on the same validation clips.
 
     python scripts/compare_settings.py --key final_norm --values group,batch
-    python scripts/compare_settings.py --key prediction_type --values x0,eps,v --max_steps 400
+    python scripts/compare_settings.py --key prediction_type --values x0,eps,v --max_steps 400 --set pixel_temporal_blend=false
 
 Each variant is a real `main.py` run (same seed, data order and noise) of `--preset` plus the
 overrides; the score is the per-timestep table of evaluation/timesteps.py on fixed val clips

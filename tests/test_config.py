@@ -39,6 +39,8 @@ def test_wrong_type_names_key():
     (dict(keep_checkpoints=1), "keep_checkpoints"),
     (dict(model_size="XXL"), "model_size"),
     (dict(dataset="how2sign"), "data_root"),
+    (dict(pixel_temporal_blend=True, prediction_type="x0"), "pixel_temporal_blend"),
+    (dict(pixel_temporal_blend=True, prediction_type="edm", refine_channels=0), "pixel_temporal_blend"),
 ])
 def test_impossible_combinations_rejected(overrides, key):
     with pytest.raises(ConfigError, match=key):
@@ -78,3 +80,6 @@ def test_saved_config_without_a_newer_key_keeps_the_old_behaviour():
     saved = make_config("cpu").to_dict()
     del saved["pixel_norm_over_clip"]  # written while the pixel path normalised each frame alone
     assert make_config("cpu").pixel_norm_over_clip is True and config_from_dict(saved).pixel_norm_over_clip is False
+    saved = make_config("cpu").to_dict()
+    del saved["pixel_temporal_blend"]  # written before the blend existed: its model has no gate channel
+    assert make_config("cpu").pixel_temporal_blend is True and config_from_dict(saved).pixel_temporal_blend is False

@@ -43,7 +43,7 @@ def test_baselines_match_a_hand_computation():
 
 
 def test_table_columns_use_the_schedule_and_seeded_noise():
-    cfg = make_config("tiny", dict(prediction_type="eps"))
+    cfg = make_config("tiny", dict(prediction_type="eps", pixel_temporal_blend=False))
     model, diffusion = build_model(cfg, 10), build_diffusion(cfg)
     videos = torch.rand(3, 3, cfg.num_frames, 16, 16) * 2 - 1
     tokens, mask = torch.full((3, 2), 2), torch.ones(3, 2, dtype=torch.bool)
@@ -63,7 +63,7 @@ def test_table_columns_use_the_schedule_and_seeded_noise():
 
 
 def test_untrained_residual_model_reproduces_the_seed_signature():
-    cfg = make_config("tiny", dict(prediction_type="eps", residual_input=True))
+    cfg = make_config("tiny", dict(prediction_type="eps", residual_input=True, pixel_temporal_blend=False))
     model, diffusion = build_model(cfg, 10), build_diffusion(cfg)
     videos = torch.rand(4, 3, 1, 1, 1).mul(2).sub(1).expand(4, 3, cfg.num_frames, 16, 16).contiguous()
     tokens, mask = torch.full((4, 2), 2), torch.ones(4, 2, dtype=torch.bool)

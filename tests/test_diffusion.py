@@ -16,7 +16,8 @@ def _diffusion(prediction="x0", sigma_data=0.5, schedule="cosine", zero_terminal
 
 
 def _objective(**overrides):
-    cfg = make_config("tiny", dict(pose_cond=False, **overrides))
+    # Fake models below return plain tensors: the temporal blend's second output is tested on its own.
+    cfg = make_config("tiny", dict(pose_cond=False, pixel_temporal_blend=False) | overrides)
     diffusion = build_diffusion(cfg)
     return build_objective(cfg, diffusion), diffusion
 
@@ -328,6 +329,26 @@ def test_auxiliary_terms_join_the_loss_with_their_weight_over_the_clips_that_kep
     assert out.aux_mean("pose") == pytest.approx(3.0)  # (1 + 3 + 5) / 3: the dropped clip is left out
     assert float(out.loss) == pytest.approx(10.0 * 9.0 / 4)  # a mean over the batch, the dropped clip as 0
     assert out.aux_mean("pose_mse") == 1.0 and float(out.kept) == 3  # reported, not in the loss
+
+
+def test_blend_aux_fits_the_blended_and_the_unblended_output_half_each():
+    """With the temporal blend the model also returns its output before the blend; the fit is the mean
+    of both (each frame's own estimate keeps learning), the logged per-clip MSE the blended one's."""
+    objective, _ = _objective()
+    objective.blend_aux = True
+    x0 = torch.zeros(2, 3, 4, 8, 8)
+    draws = (torch.tensor([1, 2]), torch.zeros(x0.shape), torch.tensor([False, False]))
+    target = objective.diffusion.target(x0, draws[0], draws[1])
+
+    def model(x_in, t, tokens, mask, drop_text, return_aux=False):
+        assert return_aux
+        return target + 1.0, dict(unblended=target + 3.0)
+    out = objective(model, x0, torch.ones(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.bool), draws)
+    assert float(out.loss) == pytest.approx(0.5 * (1.0 + 9.0))
+    assert torch.allclose(out.per_sample, torch.ones(2))
+    with pytest.raises(ValueError, match="unblended"):
+        objective(lambda *a, return_aux=False: (target, {}), x0, torch.ones(2, 1, dtype=torch.long),
+                  torch.ones(2, 1, dtype=torch.bool), draws)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])

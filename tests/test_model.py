@@ -28,7 +28,13 @@ def test_untrained_output_is_zero_and_residual_adds_input():
 
     cfg = make_config("tiny")
     x, t, tokens, mask = _inputs(cfg)
-    assert build_model(cfg, 50)(x, t, tokens, mask).abs().max() == 0  # zero-init head (adaLN-Zero)
+    plain = make_config("tiny", dict(pixel_temporal_blend=False))
+    assert build_model(plain, 50)(x, t, tokens, mask).abs().max() == 0  # zero-init head (adaLN-Zero)
+    # With the temporal blend an untrained F = 0 is moved by the gate's 0.5 toward the clip mean:
+    # D = c_skip·(x̃ + mean_T x̃)/2, the Gaussian-data posterior mean of a half-averaged input.
+    model = build_model(cfg, 50)
+    expected = model.blend_toward_clip_mean(torch.zeros_like(x), torch.zeros_like(x[:, :1]), x, t)
+    assert torch.allclose(model(x, t, tokens, mask), expected)
     buggy = build_model(make_config("tiny", dict(residual_input=True)), 50)
     assert isinstance(buggy, HistoricalDenoiser) and not buggy.head.sees_input
     assert torch.equal(buggy(x, t, tokens, mask), x)
@@ -161,3 +167,56 @@ def test_clip_norm_keeps_a_still_background_still_while_an_arm_moves(over_clip):
     far = out[:, :, 12:, :]  # rows the 5x5 convs cannot reach from the blob
     spread = (far - far[:1]).abs().max()
     assert (spread < 1e-5) if over_clip else (spread > 1e-3)
+
+
+def _blend_model():
+    cfg = make_config("tiny", dict(prediction_type="edm", pixel_temporal_blend=True))
+    return cfg, build_model(cfg, 50)
+
+
+@pytest.mark.parametrize("t_int", [0, 3, 9])
+def test_temporal_blend_is_the_x0_estimate_moved_toward_its_clip_mean(t_int):
+    """In x0 space the blended output is (1 − α)·D + α·mean over the clip's frames of D, with D the
+    estimate of the unblended F (EDM: D = c_skip·x̃ + c_out·F), whatever F, the gate and x_t are."""
+    from diffusion import build_diffusion
+
+    cfg, model = _blend_model()
+    diffusion = build_diffusion(cfg, torch.device("cpu"))
+    g = torch.Generator().manual_seed(t_int)
+    shape = (2, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px)
+    x_t, f_out = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    logit = torch.randn(2, 1, *shape[2:], generator=g)
+    t = torch.full((2,), t_int)
+    blended = model.blend_toward_clip_mean(f_out, logit, diffusion.model_input(x_t, t), t)
+    d_plain, d_blend = diffusion.to_x0(x_t, t, f_out), diffusion.to_x0(x_t, t, blended)
+    alpha = torch.sigmoid(logit)
+    expected = (1 - alpha) * d_plain + alpha * d_plain.mean(2, keepdim=True)
+    assert torch.allclose(d_blend, expected, atol=1e-4 * (1 + d_plain.abs().max()))
+
+
+def test_temporal_blend_gate_open_makes_every_frame_the_same_and_closed_changes_nothing():
+    from diffusion import build_diffusion
+
+    cfg, model = _blend_model()
+    diffusion = build_diffusion(cfg, torch.device("cpu"))
+    x_t, t, _, _ = _inputs(cfg)
+    f_out = torch.randn_like(x_t)
+    gate = torch.ones(x_t.shape[0], 1, *x_t.shape[2:])
+    inp = diffusion.model_input(x_t, t)
+    still = diffusion.to_x0(x_t, t, model.blend_toward_clip_mean(f_out, 30 * gate, inp, t))
+    assert (still - still[:, :, :1]).abs().max() < 1e-3 * (1 + still.abs().max())
+    assert torch.allclose(model.blend_toward_clip_mean(f_out, -30 * gate, inp, t), f_out, atol=1e-6)
+
+
+def test_temporal_blend_gate_is_drawn_by_the_refine_path_and_trains():
+    """The refine path's extra output channel is the gate: a model with the blend has one more output
+    channel there, and the gate's weights get a gradient through the blend."""
+    cfg, model = _blend_model()
+    plain = build_model(make_config("tiny", dict(pixel_temporal_blend=False)), 50)
+    assert model.refine.out.out_channels == plain.refine.out.out_channels + 1 == 4
+    x, t, tokens, mask = _inputs(cfg)
+    for p in model.refine.out.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    model(x, t, tokens, mask).square().mean().backward()
+    assert model.refine.out.weight.grad[3].abs().sum() > 0
+    assert "blend_ratio" not in model.state_dict()  # a constant of the schedule, rebuilt from the config

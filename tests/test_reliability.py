@@ -328,6 +328,7 @@ def test_bad_yaml_config_rejected_naming_key(tmp_path, capsys):
 
 def test_config_round_trips_through_checkpoint(tmp_path):
     cfg = make_config("tiny", dict(lr=2e-3, seed=11, cond_drop_prob=0.2, prediction_type="v",
+                                   pixel_temporal_blend=False,
                                    zero_terminal_snr=True, experiment_name="rt", output_dir=str(tmp_path)))
     state = make_state(cfg)
     path = save_checkpoint(tmp_path / "rt", state, keep=2)

@@ -88,7 +88,7 @@ class PixelRefiner(nn.Module):
     few convs on x_t can, once they know how much of x_t is noise (docs/experiments.md, rows 40-44).
     """
 
-    def __init__(self, in_channels: int, channels: int, layers: int, cond_width: int):
+    def __init__(self, in_channels: int, channels: int, layers: int, cond_width: int, out_channels: int = 3):
         super().__init__()
         self.convs = nn.ModuleList(nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1)
                                    for i in range(layers))
@@ -96,7 +96,7 @@ class PixelRefiner(nn.Module):
         self.film = nn.Sequential(nn.SiLU(), nn.Linear(cond_width, 2 * channels * layers))
         nn.init.zeros_(self.film[1].weight)
         nn.init.zeros_(self.film[1].bias)
-        self.out = nn.Conv2d(channels, 3, 3, padding=1)
+        self.out = nn.Conv2d(channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -130,7 +130,7 @@ class ViViTDenoiser(nn.Module):
                  pose_cond: bool = False, pose_points: Sequence[int] = (),
                  pose_groups: Sequence[tuple[Sequence[int], Sequence[tuple[int, int]]]] = (),
                  pose_hands: Sequence[int] = (), refine_channels: int = 0, refine_layers: int = 3,
-                 norm_over_clip: bool = False):
+                 norm_over_clip: bool = False, temporal_blend_ratio: Sequence[float] | None = None):
         super().__init__()
         if frame_size_px % patch_size_px or num_frames % tubelet_frames:
             raise ValueError("frame_size_px / num_frames must be divisible by patch / tubelet size")
@@ -167,8 +167,14 @@ class ViViTDenoiser(nn.Module):
         self.unpatch = nn.Linear(width, tubelet_frames * patch_size_px**2 * decoder_channels)
         self.norm_over_clip = norm_over_clip
         self.head = FinalProjection(decoder_channels, final_norm, input_channels=self.in_channels)
-        self.refine = (PixelRefiner(decoder_channels + self.in_channels, refine_channels, refine_layers, width)
+        if temporal_blend_ratio is not None and not refine_channels:
+            raise ValueError("temporal_blend_ratio needs the refine path (refine_channels > 0): it draws the gate")
+        self.refine = (PixelRefiner(decoder_channels + self.in_channels, refine_channels, refine_layers, width,
+                                    out_channels=3 + (temporal_blend_ratio is not None))
                        if refine_channels else None)
+        # σ_d/σ(t) per timestep (models.temporal_blend_ratio); a constant of the schedule, not a weight.
+        self.register_buffer("blend_ratio", None if temporal_blend_ratio is None else
+                             torch.tensor(list(temporal_blend_ratio), dtype=torch.float32), persistent=False)
         self.output_scale = nn.Parameter(torch.tensor(float(output_scale_init)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
@@ -179,16 +185,17 @@ class ViViTDenoiser(nn.Module):
 
         With the pose stage: `pose_xy` (B,T,J,2) and `pose_visible` (B,T,J) are the data's skeleton
         (training: the map shows them, teacher forcing); without them the map shows the stage's own
-        prediction. `return_aux` (needs pose_xy) returns (output, {term: per-clip values (B,)}) with
-        the stage's loss terms (pose.py `pose_losses`).
+        prediction. `return_aux` (with the pose stage it needs pose_xy) returns (output, aux): the
+        stage's loss terms, per-clip values (B,) (pose.py `pose_losses`), and with the temporal blend
+        aux["unblended"], the output before it (B, 3, T, H, W).
         """
         b, c, frames, height, width_px = x.shape
         if (c, frames, height, width_px) != (3, self.num_frames, self.frame_size_px, self.frame_size_px):
             raise ValueError(f"expected x of shape (B, 3, {self.num_frames}, {self.frame_size_px}, "
                              f"{self.frame_size_px}), got {tuple(x.shape)}")
-        if self.pose is None and (pose_xy is not None or return_aux):
-            raise ValueError("pose_xy / return_aux need a model built with pose_cond=True")
-        if return_aux and pose_xy is None:
+        if self.pose is None and pose_xy is not None:
+            raise ValueError("pose_xy needs a model built with pose_cond=True")
+        if return_aux and self.pose is not None and pose_xy is None:
             raise ValueError("return_aux needs the ground-truth pose_xy and pose_visible")
         ctx, ctx_mask = self.text(tokens, token_mask, drop_text)
         aux = {}
@@ -206,6 +213,7 @@ class ViViTDenoiser(nn.Module):
             if drop_text is not None:  # the null condition has no pose either
                 maps = maps * (~drop_text).to(x.dtype)[:, None, None, None, None]
             x = torch.cat([x, maps], dim=1)
+        x_image = x[:, :3]  # the model input without the pose map (what the temporal blend averages)
         h = self.patchify(x)
         h = (h + self.pos_spatial + self.pos_temporal[:, None, :]).contiguous()  # (B, T', N, D)
         pooled = (ctx * ctx_mask[..., None]).sum(1) / ctx_mask.sum(1, keepdim=True)
@@ -224,12 +232,40 @@ class ViViTDenoiser(nn.Module):
         x_frames = x_frames.contiguous(memory_format=torch.channels_last)
         norm_frames = frames if self.norm_over_clip else 1
         out = self.head(x_up, x_frames, norm_frames)
+        gate = None
         if self.refine is not None:  # one conditioning vector per frame (per latent frame, repeated)
             frame_cond = cond.expand(b, self.grid_t, -1).repeat_interleave(self.tubelet, dim=1)
-            out = out + self.refine(torch.cat([x_up, x_frames], dim=1), frame_cond.reshape(b * frames, -1),
-                                    norm_frames)
+            refined = self.refine(torch.cat([x_up, x_frames], dim=1), frame_cond.reshape(b * frames, -1),
+                                  norm_frames)
+            if self.blend_ratio is not None:
+                refined, gate = refined[:, :3], refined[:, 3:]
+            out = out + refined
         out = (self.output_scale * out).reshape(b, frames, 3, height, width_px).transpose(1, 2)
+        if gate is not None:
+            gate = gate.reshape(b, frames, 1, height, width_px).transpose(1, 2)
+            if return_aux:  # the objective fits this one too (DenoisingLoss, blend_aux)
+                aux["unblended"] = out
+            out = self.blend_toward_clip_mean(out, gate, x_image, t)
         return (out, aux) if return_aux else out
+
+    def blend_toward_clip_mean(self, out: torch.Tensor, gate_logit: torch.Tensor, x_image: torch.Tensor,
+                               t: torch.Tensor) -> torch.Tensor:
+        """Move each pixel's estimate toward the clip's mean estimate by a learned gate α = sigmoid(logit).
+
+        Why: a still pixel's denoised value is the same in every frame, and its per-frame estimates
+        carry independent errors (each frame is denoised from its own noise, spatially): the
+        remaining flicker is white in time (docs/experiments.md, row 77). The mean over the clip's
+        frames of the *denoised* estimate averages that error away without passing the frames'
+        shared noise on as content (rows 63, 66, 72 mixed x_t-derived features and made mottle).
+        In EDM's variables, D = c_skip·x̃ + c_out·F; D → (1 − α)·D + α·mean_T(D) is, in F's space,
+        F + α·[(mean_T F − F) + (σ_d/σ)·(mean_T inp − inp)] with inp = c_in·x̃ (the network's input),
+        since c_skip/c_out·x̃ = (σ_d/σ)·inp. The gate comes from the refine path (x_up knows, through
+        temporal attention, which pixels stay still); it starts at α = 0.5."""
+        out = out.float()
+        ratio = self.blend_ratio[t].view(-1, 1, 1, 1, 1)
+        x_image = x_image.float()
+        toward = (out.mean(2, keepdim=True) - out) + ratio * (x_image.mean(2, keepdim=True) - x_image)
+        return out + torch.sigmoid(gate_logit.float()) * toward
 
     def predict_pose(self, tokens: torch.Tensor, token_mask: torch.Tensor,
                      drop_text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
