@@ -254,9 +254,11 @@ class ViViTDenoiser(nn.Module):
 
         Why: a still pixel's denoised value is the same in every frame, and its per-frame estimates
         carry independent errors (each frame is denoised from its own noise, spatially): the
-        remaining flicker is white in time (docs/experiments.md, row 77). The mean over the clip's
+        remaining flicker is white in time (docs/experiments.md, rows 77-78). The mean over the clip's
         frames of the *denoised* estimate averages that error away without passing the frames'
-        shared noise on as content (rows 63, 66, 72 mixed x_t-derived features and made mottle).
+        shared noise on as content (rows 63, 66, 72 mixed x_t-derived features and made mottle), as
+        long as the estimate before the blend is fitted too (the objective's `blend_aux`; row 77
+        without it: mottle again).
         In EDM's variables, D = c_skip·x̃ + c_out·F; D → (1 − α)·D + α·mean_T(D) is, in F's space,
         F + α·[(mean_T F − F) + (σ_d/σ)·(mean_T inp − inp)] with inp = c_in·x̃ (the network's input),
         since c_skip/c_out·x̃ = (σ_d/σ)·inp. The gate comes from the refine path (x_up knows, through
