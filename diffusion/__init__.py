@@ -35,4 +35,5 @@ def build_objective(cfg, diffusion: GaussianDiffusion) -> DenoisingLoss:
     return DenoisingLoss(diffusion, weighting, TimestepSampler(cfg.num_timesteps, cfg.timestep_sampling_power, device),
                          cfg.cond_drop_prob, cfg.motion_loss_weight, cfg.temporal_diff_loss_weight,
                          aux_weights={"pose": cfg.pose_loss_weight} if cfg.pose_cond else {},
-                         blend_aux=cfg.pixel_temporal_blend)
+                         # the historical model has no blend (evaluation/historical.py)
+                         blend_aux=cfg.pixel_temporal_blend and not cfg.residual_input)

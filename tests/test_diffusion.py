@@ -346,6 +346,8 @@ def test_blend_aux_fits_the_blended_and_the_unblended_output_half_each():
     out = objective(model, x0, torch.ones(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.bool), draws)
     assert float(out.loss) == pytest.approx(0.5 * (1.0 + 9.0))
     assert torch.allclose(out.per_sample, torch.ones(2))
+    assert build_objective(make_config("tiny"), objective.diffusion).blend_aux  # the default has the blend
+    assert not build_objective(make_config("tiny", dict(residual_input=True)), objective.diffusion).blend_aux
     with pytest.raises(ValueError, match="unblended"):
         objective(lambda *a, return_aux=False: (target, {}), x0, torch.ones(2, 1, dtype=torch.long),
                   torch.ones(2, 1, dtype=torch.bool), draws)
