@@ -24,6 +24,8 @@ def build_objective(cfg, diffusion: GaussianDiffusion) -> DenoisingLoss:
     """The training loss of `cfg`: timestep sampling, weighting (off when use_timestep_weighting is
     false, the historical switch), motion weighting, the temporal-difference term, text dropout and
     the pose stage's term."""
+    from models import has_temporal_blend  # models imports diffusion.gaussian: not at the top
+
     device = diffusion.sched.betas.device
     if not cfg.use_timestep_weighting or cfg.loss_weighting == "none":
         weighting = Uniform()
@@ -35,5 +37,4 @@ def build_objective(cfg, diffusion: GaussianDiffusion) -> DenoisingLoss:
     return DenoisingLoss(diffusion, weighting, TimestepSampler(cfg.num_timesteps, cfg.timestep_sampling_power, device),
                          cfg.cond_drop_prob, cfg.motion_loss_weight, cfg.temporal_diff_loss_weight,
                          aux_weights={"pose": cfg.pose_loss_weight} if cfg.pose_cond else {},
-                         # the historical model has no blend (evaluation/historical.py)
-                         blend_aux=cfg.pixel_temporal_blend and not cfg.residual_input)
+                         blend_aux=has_temporal_blend(cfg))

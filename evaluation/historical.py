@@ -17,7 +17,7 @@ class HistoricalDenoiser(ViViTDenoiser):
     """ViViTDenoiser with the input residual and the input-blind head (`residual_input=True`)."""
 
     def __init__(self, **kwargs):
-        super().__init__(**(kwargs | dict(temporal_blend_ratio=None)))  # the seed had no temporal blend
+        super().__init__(**kwargs)
         self.head = FinalProjection(self.decoder_channels, kwargs["final_norm"], input_channels=0)
         self.norm_over_clip = False  # the seed's head normalised each frame alone
 

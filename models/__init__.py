@@ -9,7 +9,7 @@ from data.skeleton import stage_layout
 from diffusion.gaussian import Schedule
 from models.architectures.vivit import MODEL_SIZES, ViViTDenoiser
 
-__all__ = ["MODEL_SIZES", "ViViTDenoiser", "build_model", "model_kwargs"]
+__all__ = ["MODEL_SIZES", "ViViTDenoiser", "build_model", "has_temporal_blend", "model_kwargs"]
 
 
 def model_kwargs(cfg, vocab_size: int) -> dict:
@@ -26,7 +26,13 @@ def model_kwargs(cfg, vocab_size: int) -> dict:
         activation_checkpointing=cfg.activation_checkpointing, pose_cond=cfg.pose_cond,
         pose_points=points, pose_groups=groups, pose_hands=hands, refine_channels=cfg.refine_channels,
         refine_layers=cfg.refine_layers, norm_over_clip=cfg.pixel_norm_over_clip,
-        temporal_blend_ratio=temporal_blend_ratio(cfg) if cfg.pixel_temporal_blend else None)
+        temporal_blend_ratio=temporal_blend_ratio(cfg) if has_temporal_blend(cfg) else None)
+
+
+def has_temporal_blend(cfg) -> bool:
+    """Whether `cfg`'s model blends toward the clip mean; the historical model (`residual_input`) never
+    does, as the seed did not. The objective reads the same answer (it fits the unblended output too)."""
+    return cfg.pixel_temporal_blend and not cfg.residual_input
 
 
 def temporal_blend_ratio(cfg) -> list[float]:
