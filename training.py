@@ -96,25 +96,27 @@ def cpu_bf16_units() -> tuple[bool, str]:
 
     Asked of torch, not of the CPU's name: its cpuinfo flags (`torch.cpu.get_capabilities()`), the
     kernel's permission to use the AMX tiles (`torch.cpu._init_amx()`, what inductor asks too), and
-    whether oneDNN is built in and enabled. Only AMX-BF16 counts: AVX512-BF16 alone is a dot-product
-    instruction (no matrix unit), and on AVX2 bf16 matmuls are emulated and slower than fp32
-    (docs/performance.md, round 6).
+    whether oneDNN is built in and enabled. Two kinds count, since each made the cpu preset's step
+    faster than fp32: AMX-BF16 tiles (Intel Xeon) and AVX512-BF16 dot products (AMD EPYC); on AVX2
+    alone bf16 matmuls are emulated and slower than fp32 (docs/performance.md, rounds 6 and 10).
     """
     caps = torch.cpu.get_capabilities()
     isa = torch.backends.cpu.get_cpu_capability()
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False, f"CPU ({isa}) without oneDNN in this torch: fp32"
-    if caps.get("amx_bf16"):
-        if torch.cpu._init_amx():
-            return True, f"CPU with AMX-BF16 matrix units ({isa}, oneDNN)"
+    if caps.get("amx_bf16") and torch.cpu._init_amx():
+        return True, f"CPU with AMX-BF16 matrix units ({isa}, oneDNN)"
+    refused = "AMX-BF16 refused by the kernel, " if caps.get("amx_bf16") else ""
+    if caps.get("avx512_bf16"):
+        return True, f"CPU with {refused}AVX512-BF16 dot products ({isa}, oneDNN)"
+    if refused:
         return False, f"CPU has AMX-BF16 but the kernel refused its tiles ({isa}): fp32"
-    found = "AVX512-BF16 dot products only" if caps.get("avx512_bf16") else "no bf16 matrix units"
-    return False, f"CPU with {found} ({isa}): fp32"
+    return False, f"CPU with no bf16 matrix units ({isa}): fp32"
 
 
 def choose_precision(cfg, device: torch.device) -> Precision:
     """`precision` auto -> bf16 autocast on CUDA with bf16 tensor cores (sm_80+) and on CPUs with
-    AMX-BF16 (`cpu_bf16_units`), fp32 elsewhere; fp32 / bf16 as asked. Autocast only: parameters,
+    AMX-BF16 or AVX512-BF16 (`cpu_bf16_units`), fp32 elsewhere; fp32 / bf16 as asked. Autocast only: parameters,
     gradients, optimizer state, EMA and checkpoints stay fp32 whatever the choice."""
     if cfg.precision != "auto":
         return Precision(cfg.precision, "asked for in the config")

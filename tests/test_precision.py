@@ -27,7 +27,8 @@ def _cpu(monkeypatch, *, isa="AVX512", amx_permitted=True, onednn=True, **flags)
 @pytest.mark.parametrize("flags, expected, words", [
     (dict(amx_bf16=True, amx_tile=True, avx512_bf16=True), "bf16", "AMX-BF16"),
     (dict(amx_bf16=True, amx_tile=True, amx_permitted=False), "fp32", "refused"),
-    (dict(avx512_bf16=True, avx512_f=True), "fp32", "AVX512-BF16 dot products only"),
+    (dict(amx_bf16=True, avx512_bf16=True, amx_permitted=False), "bf16", "refused by the kernel, AVX512-BF16"),
+    (dict(avx512_bf16=True, avx512_f=True), "bf16", "AVX512-BF16 dot products"),
     (dict(avx2=True, isa="AVX2"), "fp32", "no bf16 matrix units (AVX2)"),
     (dict(amx_bf16=True, onednn=False), "fp32", "without oneDNN"),
 ])
