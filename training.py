@@ -104,20 +104,21 @@ def cpu_bf16_units() -> tuple[bool, str]:
     isa = torch.backends.cpu.get_cpu_capability()
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False, f"CPU ({isa}) without oneDNN in this torch: fp32"
-    if caps.get("amx_bf16") and torch.cpu._init_amx():
+    amx = bool(caps.get("amx_bf16"))
+    if amx and torch.cpu._init_amx():
         return True, f"CPU with AMX-BF16 matrix units ({isa}, oneDNN)"
-    refused = "AMX-BF16 refused by the kernel, " if caps.get("amx_bf16") else ""
     if caps.get("avx512_bf16"):
+        refused = "AMX-BF16 refused by the kernel, " if amx else ""
         return True, f"CPU with {refused}AVX512-BF16 dot products ({isa}, oneDNN)"
-    if refused:
+    if amx:
         return False, f"CPU has AMX-BF16 but the kernel refused its tiles ({isa}): fp32"
     return False, f"CPU with no bf16 matrix units ({isa}): fp32"
 
 
 def choose_precision(cfg, device: torch.device) -> Precision:
     """`precision` auto -> bf16 autocast on CUDA with bf16 tensor cores (sm_80+) and on CPUs with
-    AMX-BF16 or AVX512-BF16 (`cpu_bf16_units`), fp32 elsewhere; fp32 / bf16 as asked. Autocast only: parameters,
-    gradients, optimizer state, EMA and checkpoints stay fp32 whatever the choice."""
+    AMX-BF16 or AVX512-BF16 (`cpu_bf16_units`), fp32 elsewhere; fp32 / bf16 as asked. Autocast only:
+    parameters, gradients, optimizer state, EMA and checkpoints stay fp32 whatever the choice."""
     if cfg.precision != "auto":
         return Precision(cfg.precision, "asked for in the config")
     if device.type == "cuda":
