@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.real.common import DatasetError
-from data.text import Collate, Tokenizer, longest_text_tokens
+from data.text import Collate, Tokenizer
 
 if TYPE_CHECKING:  # config imports the model registry, whose builder reads data/skeleton.py
     from config import Config
@@ -126,15 +126,12 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 def make_train_loader(cfg: Config, dataset: Dataset, tokenizer: Tokenizer, start_step: int,
                       rank: int = 0, world_size: int = 1) -> DataLoader:
-    """An endless loader of this rank's micro-batches from `start_step` on. Every batch's text is as
-    wide as the longest training caption: one shape, so a compiled step compiles once, not once per
-    batch width (docs/performance.md, round 11)."""
-    text_len = longest_text_tokens(tokenizer, dataset.captions, cfg.max_text_len_tokens)
+    """An endless loader of this rank's micro-batches from `start_step` on."""
     sampler = StepSampler(len(dataset), cfg.batch_size, cfg.seed, start_step, cfg.grad_accum_steps,
                           rank, world_size)
     return DataLoader(
         EpochIndexed(dataset), batch_sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=Collate(tokenizer, cfg.max_text_len_tokens, min_len=text_len),
+        collate_fn=Collate(tokenizer, cfg.max_text_len_tokens),
         persistent_workers=cfg.num_workers > 0,
         # The loader's own generator keeps it from drawing on the global torch RNG (exact resume).
         generator=torch.Generator().manual_seed(cfg.seed + 7919 * rank),

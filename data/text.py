@@ -90,10 +90,10 @@ class _TextBatching:
     def __len__(self) -> int:
         return len(self.vocab)
 
-    def batch(self, texts: list[str], max_len: int, min_len: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens (B, L) long, mask (B, L) bool) padded to the longest text, at least `min_len`."""
+    def batch(self, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (B, L) long, mask (B, L) bool) padded to the longest text (at least 1)."""
         ids = [self.encode(t, max_len) for t in texts]
-        length = max(1, min_len, max(len(i) for i in ids))
+        length = max(1, max(len(i) for i in ids))
         tokens = torch.zeros(len(ids), length, dtype=torch.long)
         for row, seq in enumerate(ids):
             tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
@@ -248,22 +248,16 @@ def check_prompts(tokenizer: AnyTokenizer, prompts: list[str], max_len: int) -> 
             warnings.warn(f"prompt {shown!r} has {len(tokens)} {unit}s; only the first {max_len} are used")
 
 
-def longest_text_tokens(tokenizer: AnyTokenizer, captions: list[str], max_len: int) -> int:
-    """Tokens in the longest of `captions` (truncated at max_len; at least 1)."""
-    return max([1] + [len(tokenizer.encode(c, max_len)) for c in captions])
-
-
 class Collate:
-    """Stack tensors, keep other fields as lists, and tokenize `caption` into tokens/token_mask,
-    padded to at least `min_len` tokens (masked: the conditioning is the same at any width)."""
+    """Stack tensors, keep other fields as lists, and tokenize `caption` into tokens/token_mask."""
 
-    def __init__(self, tokenizer: AnyTokenizer, max_len: int, min_len: int = 1):
-        self.tokenizer, self.max_len, self.min_len = tokenizer, max_len, min_len
+    def __init__(self, tokenizer: AnyTokenizer, max_len: int):
+        self.tokenizer, self.max_len = tokenizer, max_len
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {}
         for key in samples[0]:
             values = [s[key] for s in samples]
             batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
-        batch["tokens"], batch["token_mask"] = self.tokenizer.batch(batch["caption"], self.max_len, self.min_len)
+        batch["tokens"], batch["token_mask"] = self.tokenizer.batch(batch["caption"], self.max_len)
         return batch
