@@ -217,7 +217,7 @@ def output_is_finite(model: torch.nn.Module, cfg, device: torch.device, precisio
     tokens = torch.full((1, 1), 2, dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
-    try:  # eager: compiled blocks would compile another graph (no_grad, 2 threads) for this probe
+    try:  # eager: compiled blocks would compile a no_grad graph for this probe (performance.md, round 11)
         with precision.autocast(device), torch.compiler.set_stance("force_eager"):
             out = model(x, t, tokens, torch.ones_like(tokens, dtype=torch.bool))
     finally:
