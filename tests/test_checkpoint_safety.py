@@ -20,7 +20,7 @@ from checkpoint import (FORMAT_VERSION, CheckpointError, DivergedError, checkpoi
 from config import make_config
 from integrity import integrity_record
 from run_folder import RunFolder, RunInUseError, read_metrics, trim_metrics
-from tests.test_reliability import _interrupt_at, argv, make_state, max_abs_diff
+from tests.run_helpers import argv, interrupt_at, make_state, max_abs_diff
 from training import NonFiniteError, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def four_steps(tmp_path_factory) -> Path:
     that change it)."""
     out = tmp_path_factory.mktemp("four")
     with pytest.MonkeyPatch.context() as mp:
-        _interrupt_at(mp, 4)
+        interrupt_at(mp, 4)
         assert train_main.main(argv(out, "run", **SHORT)) == 130
     return out / "run"
 

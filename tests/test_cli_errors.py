@@ -23,7 +23,7 @@ from data.text import Tokenizer, usable_prompt
 from diffusion import build_diffusion
 from limits import MemoryEstimate, check_memory, estimate_memory
 from models import build_model
-from tests.test_reliability import argv
+from tests.run_helpers import argv
 from training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
