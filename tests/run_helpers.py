@@ -75,7 +75,6 @@ def plain_types_only(value, where: str = "state") -> None:
         assert value is None or isinstance(value, (torch.Tensor, bool, int, float, str)), (where, type(value))
 
 
-
 def interrupt_at(monkeypatch, step: int, signum=signal.SIGINT) -> None:
     """Deliver a real signal to this process during 0-based step `step - 1`, before its forward."""
     real = Trainer.step
