@@ -35,7 +35,7 @@ _PREFIXES = ("module.", "_orig_mod.")
 # Config keys that shape the model's parameters.
 PARAMETER_KEYS = ("model_size", "num_frames", "frame_size_px", "patch_size_px", "tubelet_frames",
                   "mlp_ratio", "text_depth", "frame_cond_depth", "max_text_len_tokens", "decoder_channels",
-                  "final_norm", "residual_input", "pose_cond", "pose_skeleton", "refine_channels",
+                  "final_norm", "residual_input", "pose_cond", "pose_skeleton", "pose_depth", "refine_channels",
                   "refine_layers", "pixel_norm_over_clip", "pixel_temporal_blend")
 # Config keys that give the network's output its meaning: the same weights under another schedule or
 # prediction type are another model.

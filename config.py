@@ -78,6 +78,7 @@ class Config:
     activation_checkpointing: bool = False  # recompute block activations in backward (long clips)
     pose_cond: bool = True  # text -> keypoint stage whose rendered pose guides the denoiser (needs keypoints; row 29)
     pose_skeleton: str = "full"  # full (data/skeleton.py's points and limbs, arms drawn) | hands (two hand centres); rows 46, 52
+    pose_depth: int = 2  # pose_cond: self-attention layers over the clip's frames in the pose stage; 0 = each frame alone (row 88)
 
     # --- diffusion ---------------------------------------------------------------------------
     num_timesteps: int = 50  # T, diffusion steps t = 0..T-1
@@ -154,7 +155,7 @@ POSITIVE = (
 NON_NEGATIVE = (
     "num_threads", "num_workers", "sample_fps", "warmup_steps", "weight_decay", "refine_channels",
     "sample_every_steps", "motion_loss_weight", "temporal_diff_loss_weight",
-    "timestep_sampling_power", "frame_cond_depth",
+    "timestep_sampling_power", "frame_cond_depth", "pose_depth",
     "min_lr_ratio", "ddim_eta", "pose_loss_weight", "max_bad_clip_fraction",
     "output_scale_init", "temporal_modulation_weight", "seed",
 )
@@ -280,7 +281,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {"frame_cond_depth": 0, "cpu_streams": 1, "pos
                                    "timestep_sampling_power": 0.0, "sigma_data": 0.5, "refine_channels": 0,
                                    "pose_skeleton": "hands", "pixel_lr_mult": 1.0,
                                    "temporal_diff_loss_weight": 0.0, "pixel_norm_over_clip": False,
-                                   "pixel_temporal_blend": False}
+                                   "pixel_temporal_blend": False, "pose_depth": 0}
 
 
 def _field_type(f: dataclasses.Field) -> type:

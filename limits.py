@@ -95,6 +95,7 @@ def count_parameters(cfg, vocab_size: int) -> int:
     n += 25 * (c + channels_in) * c + c + 25 * c * 3 + 3 + 2 * c  # head: two 5x5 convs and the norm
     if cfg.pose_cond:
         n += 2 * d * d + mlp + d * 3 * len(stage_layout(cfg.pose_skeleton)[0])  # regulator, MLP, keypoint head
+        n += cfg.pose_depth * (attn + mlp + 4 * d)  # its layers over the frames
     r = cfg.refine_channels
     if r:  # full-resolution refine path: 3x3 convs, FiLM, RGB out
         n += 9 * (c + channels_in) * r + (cfg.refine_layers - 1) * 9 * r * r + cfg.refine_layers * (r + 2 * r * (d + 1))

@@ -24,7 +24,8 @@ def model_kwargs(cfg, vocab_size: int) -> dict:
         decoder_channels=cfg.decoder_channels, final_norm=cfg.final_norm,
         output_scale_init=cfg.output_scale_init, temporal_modulation_weight=cfg.temporal_modulation_weight,
         activation_checkpointing=cfg.activation_checkpointing, pose_cond=cfg.pose_cond,
-        pose_points=points, pose_groups=groups, pose_hands=hands, refine_channels=cfg.refine_channels,
+        pose_points=points, pose_groups=groups, pose_hands=hands, pose_depth=cfg.pose_depth,
+        refine_channels=cfg.refine_channels,
         refine_layers=cfg.refine_layers, norm_over_clip=cfg.pixel_norm_over_clip,
         temporal_blend_ratio=temporal_blend_ratio(cfg) if has_temporal_blend(cfg) else None)
 
