@@ -83,3 +83,6 @@ def test_saved_config_without_a_newer_key_keeps_the_old_behaviour():
     saved = make_config("cpu").to_dict()
     del saved["pixel_temporal_blend"]  # written before the blend existed: its model has no gate channel
     assert make_config("cpu").pixel_temporal_blend is True and config_from_dict(saved).pixel_temporal_blend is False
+    saved = make_config("cpu").to_dict()
+    del saved["pose_depth"]  # written before the pose stage had layers over the frames
+    assert make_config("cpu").pose_depth == 2 and config_from_dict(saved).pose_depth == 0

@@ -8,7 +8,8 @@ from data.skeleton import INDEX, NUM_POINTS, stage_layout
 from data.text import Collate, Tokenizer
 from diffusion import build_diffusion, build_objective
 from models import build_model
-from models.architectures.pose import HEATMAP_SIGMA, TRAVEL_LOSS_WEIGHT, VISIBILITY_LOSS_WEIGHT, pose_losses, render_pose
+from models.architectures.blocks import MLP, Attention
+from models.architectures.pose import HEATMAP_SIGMA, PoseStage, TRAVEL_LOSS_WEIGHT, VISIBILITY_LOSS_WEIGHT, pose_losses, render_pose
 
 
 def test_joint_blobs_peak_at_each_point_and_fall_off_as_a_gaussian():
@@ -84,6 +85,29 @@ def test_denoiser_follows_the_pose_map_except_under_the_null_condition(kind):
     assert torch.equal(model(x, t, tokens, mask, drop, pose_xy=pose_xy, pose_visible=visible),
                        model(x, t, tokens, mask, drop, pose_xy=1 - pose_xy, pose_visible=visible))  # null text: no pose
     assert pred.shape == (2, cfg.num_frames, len(model.pose_points), 2)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_pose_stage_layers_let_each_frame_see_the_others_and_only_with_them(depth):
+    """pose_depth: with layers over the frames, a change in one frame's regulated features moves the
+    keypoints of every frame; without them, each frame's keypoints depend on its own features alone."""
+    torch.manual_seed(0)
+    stage = PoseStage(16, 6, 3, MLP, 2.0, Attention, heads=2, depth=depth)
+    torch.nn.init.normal_(stage.head.weight, std=0.1)  # zero at init: the output would not move at all
+    assert len(stage.layers) == depth
+    features = torch.randn(1, 6, 16)
+    moved = features.clone()
+    moved[:, 0] += 1.0
+    stage.regulator.forward = lambda ctx, mask: ctx  # feed the per-frame features directly
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    with torch.no_grad():
+        before, after = stage(features, mask)[0], stage(moved, mask)[0]
+    change = (after - before).abs().amax(dim=(0, 2, 3))  # per frame
+    assert change[0] > 1e-3
+    if depth:
+        assert (change[1:] > 1e-5).all()
+    else:
+        assert (change[1:] == 0).all()
 
 
 def test_model_without_pose_stage_rejects_keypoints():

@@ -81,10 +81,9 @@ class PoseStage(nn.Module):
     After the length regulator, `depth` pre-LN self-attention layers over the clip's frames: each
     frame's features then see the whole sentence's timing (where the neighbouring signs start and
     end, how long this one lasts), which the regulator gives each frame only through its own span.
-    Why (docs/experiments.md, row 88): the demo's video stage fed the reference keypoints reads fvd
-    0.022 and its own stage's 0.131, so the stage, not the video, made the distance; two such layers
-    bring its keypoints from fvd 0.127 to 0.070 in the demo's 1,100 steps, as four times the steps
-    without them (0.069), for ~1% of the step's FLOPs."""
+    Why (docs/experiments.md, row 88): fed the reference keypoints, the demo's video stage reached the
+    other-rendering floor of the fvd, so the stage's keypoints made the distance; two such layers buy
+    what four times the steps buy without them, for ~1.4% of the step's FLOPs."""
 
     def __init__(self, width: int, frames: int, num_points: int, mlp: Callable[[int, float], nn.Sequential],
                  mlp_ratio: float, attention: Callable[[int, int], nn.Module] | None = None,
