@@ -97,7 +97,7 @@ def test_pose_stage_layers_let_each_frame_see_the_others_and_only_with_them(dept
     assert len(stage.layers) == depth
     features = torch.randn(1, 6, 16)
     moved = features.clone()
-    moved[:, 0] += 1.0
+    moved[:, 0] += torch.randn(16)  # not a constant: the layers' LayerNorms would remove it
     stage.regulator.forward = lambda ctx, mask: ctx  # feed the per-frame features directly
     mask = torch.ones(1, 6, dtype=torch.bool)
     with torch.no_grad():
