@@ -8,7 +8,6 @@ from data.skeleton import INDEX, NUM_POINTS, stage_layout
 from data.text import Collate, Tokenizer
 from diffusion import build_diffusion, build_objective
 from models import build_model
-from models.architectures.blocks import MLP, Attention
 from models.architectures.pose import HEATMAP_SIGMA, PoseStage, TRAVEL_LOSS_WEIGHT, VISIBILITY_LOSS_WEIGHT, pose_losses, render_pose
 
 
@@ -92,7 +91,7 @@ def test_pose_stage_layers_let_each_frame_see_the_others_and_only_with_them(dept
     """pose_depth: with layers over the frames, a change in one frame's regulated features moves the
     keypoints of every frame; without them, each frame's keypoints depend on its own features alone."""
     torch.manual_seed(0)
-    stage = PoseStage(16, 6, 3, MLP, 2.0, Attention, heads=2, depth=depth)
+    stage = PoseStage(16, 6, 3, 2.0, heads=2, depth=depth)
     torch.nn.init.normal_(stage.head.weight, std=0.1)  # zero at init: the output would not move at all
     assert len(stage.layers) == depth
     features = torch.randn(1, 6, 16)

@@ -84,6 +84,21 @@ class MLP(nn.Sequential):
         super().__init__(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
 
 
+class PreNormLayer(nn.ModuleList):
+    """A pre-LN transformer layer over axis -2: x + attention(LN(x)), then x + MLP(LN(x)); with `mask`
+    (B, S) the keys it may attend to. A ModuleList of [norm, attention, norm, MLP], so its parameters
+    keep the names (`0.weight` … `3.2.bias`) that earlier text-encoder checkpoints hold."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__([nn.LayerNorm(width), Attention(width, heads), nn.LayerNorm(width), MLP(width, mlp_ratio)])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        norm1, attn, norm2, mlp = self
+        y = norm1(x)
+        x = x + (attn(y) if mask is None else attn(y, y, mask))
+        return x + mlp(norm2(x))
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, weight: float) -> torch.Tensor:
     """adaLN: x * (1 + w*scale) + w*shift, with shift/scale broadcast over the token dims.
 
@@ -140,9 +155,7 @@ class TextEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(max_len + 1, width) * 0.02)
         self.start = nn.Parameter(torch.randn(width) * 0.02)
         self.null = nn.Parameter(torch.randn(width) * 0.02)
-        self.layers = nn.ModuleList(
-            nn.ModuleList([nn.LayerNorm(width), Attention(width, heads), nn.LayerNorm(width),
-                           MLP(width, mlp_ratio)]) for _ in range(depth))
+        self.layers = nn.ModuleList(PreNormLayer(width, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.max_len = max_len
 
@@ -155,10 +168,8 @@ class TextEncoder(nn.Module):
         x = torch.cat([self.start.expand(b, 1, -1), self.embed(tokens)], dim=1)
         x = x + self.pos[: length + 1]
         mask = torch.cat([token_mask.new_ones(b, 1), token_mask], dim=1)
-        for norm1, attn, norm2, mlp in self.layers:
-            y = norm1(x)
-            x = x + attn(y, y, mask)
-            x = x + mlp(norm2(x))
+        for layer in self.layers:
+            x = layer(x, mask)
         x = self.norm(x)
         if drop_text is not None:
             keep = ~drop_text

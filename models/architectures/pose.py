@@ -19,11 +19,13 @@ classifier-free guidance also drops the pose map.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.architectures.blocks import MLP, PreNormLayer
 
 # Blob and line radius in frame units: about a glove's radius on the synthetic signer (data/signer.py
 # HAND_RADIUS), so a blob covers the few pixels of a hand at 32 px instead of a single one.
@@ -85,20 +87,12 @@ class PoseStage(nn.Module):
     other-rendering floor of the fvd, so the stage's keypoints made the distance; two such layers buy
     what four times the steps buy without them, for ~1.4% of the step's FLOPs."""
 
-    def __init__(self, width: int, frames: int, num_points: int, mlp: Callable[[int, float], nn.Sequential],
-                 mlp_ratio: float, attention: Callable[[int, int], nn.Module] | None = None,
-                 heads: int = 1, depth: int = 0):
-        """`mlp(width, mlp_ratio)` and `attention(width, heads)`: the denoiser's transformer MLP and
-        self-attention (passed in to share their definitions); `depth` layers of them over the frames."""
+    def __init__(self, width: int, frames: int, num_points: int, mlp_ratio: float, heads: int = 1, depth: int = 0):
         super().__init__()
-        if depth and attention is None:
-            raise ValueError("a pose stage with depth > 0 needs the attention module")
         self.num_points = num_points
         self.regulator = LengthRegulator(width, frames)
-        self.layers = nn.ModuleList(
-            nn.ModuleList([nn.LayerNorm(width), attention(width, heads), nn.LayerNorm(width), mlp(width, mlp_ratio)])
-            for _ in range(depth))
-        self.mlp = nn.Sequential(nn.LayerNorm(width), *mlp(width, mlp_ratio))
+        self.layers = nn.ModuleList(PreNormLayer(width, heads, mlp_ratio) for _ in range(depth))
+        self.mlp = nn.Sequential(nn.LayerNorm(width), *MLP(width, mlp_ratio))
         self.head = nn.Linear(width, num_points * 3)
         # Start every point at the frame centre, visible: the loss then only has to learn offsets.
         nn.init.zeros_(self.head.weight)
@@ -107,9 +101,8 @@ class PoseStage(nn.Module):
 
     def forward(self, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.regulator(ctx, ctx_mask)
-        for norm1, attn, norm2, mlp in self.layers:  # (B, frames, D): attention over the frames
-            h = h + attn(norm1(h))
-            h = h + mlp(norm2(h))
+        for layer in self.layers:  # (B, frames, D): attention over the frames
+            h = layer(h)
         out = self.head(h + self.mlp(h)).unflatten(-1, (self.num_points, 3))
         return out[..., :2], out[..., 2]
 

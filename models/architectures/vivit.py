@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.architectures.blocks import MLP, Attention, Block, FrameAligner, TextEncoder, modulate, timestep_embedding
+from models.architectures.blocks import Block, FrameAligner, TextEncoder, modulate, timestep_embedding
 from models.architectures.pose import PoseStage, pose_losses, render_pose
 
 # Size registry: width (channels per token), depth (blocks), heads. DiT-style names.
@@ -146,8 +146,7 @@ class ViViTDenoiser(nn.Module):
         self.pose_hands = list(pose_hands) if pose_cond else []
         # pose_cond: the rendered pose map joins x_t as extra channels (pose.py).
         self.in_channels = 3 + len(self.pose_groups)
-        self.pose = (PoseStage(width, num_frames, len(self.pose_points), MLP, mlp_ratio, Attention, heads, pose_depth)
-                     if pose_cond else None)
+        self.pose = PoseStage(width, num_frames, len(self.pose_points), mlp_ratio, heads, pose_depth) if pose_cond else None
         self.patch_embed = nn.Conv3d(self.in_channels, width, (tubelet_frames, patch_size_px, patch_size_px),
                                      stride=(tubelet_frames, patch_size_px, patch_size_px))
         self.pos_spatial = nn.Parameter(torch.randn(self.grid_s**2, width) * 0.02)
