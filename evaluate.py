@@ -76,7 +76,8 @@ def main(argv: list[str]) -> int:
 def find_recognizer(choice: str, cfg, synthetic_captions: bool):
     """The recogniser the pose section uses: a given file, the dataset's own if one was trained
     (`python -m evaluation.recognizer`), or none."""
-    from evaluation.recognizer import Recognizer, trained_recognizer
+    from evaluation.recognizer import Recognizer
+    from evaluation.recognizer_cache import trained_recognizer
 
     if choice == "none":
         return None

@@ -11,8 +11,8 @@ from data.real.common import DatasetError
 from data.synthetic import SyntheticSignDataset
 from checkpoint import CheckpointError
 from evaluation.recognizer import (BLANK, PoseCTCRecognizer, Recognizer, RecognizerSpec, augment_clips, collect_clips,
-                                   ctc_collapse, dataset_scores, load_or_train, main, recognizer_path,
-                                   recognizer_scores, train_recognizer)
+                                   ctc_collapse, dataset_scores, recognizer_scores, train_recognizer)
+from evaluation.recognizer_cache import load_or_train, main, recognizer_path
 
 # Small enough to train in a few seconds on one CPU thread, large enough to fit 32 clips exactly.
 TINY = RecognizerSpec(width=32, depth=3, kernel_frames=5, steps=250, batch_size=32, lr=1e-2, warmup_steps=10)
