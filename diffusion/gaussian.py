@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -123,11 +123,30 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tens
     return sigma_data**2 / total, sigma * sigma_data / total.sqrt(), 1 / total.sqrt()
 
 
+def _guided_text(tokens: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Guidance's one batch: the texts twice, the second copy dropped to the null text."""
+    b = tokens.shape[0]
+    drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(tokens.device)
+    return torch.cat([tokens, tokens]), torch.cat([token_mask, token_mask]), drop
+
+
+def encode_condition(model: Callable, tokens: torch.Tensor, token_mask: torch.Tensor, guidance_scale: float = 1.0) -> Any:
+    """The model's timestep-free part for a whole sample (`model.encode_condition`, in the batch layout
+    `GaussianDiffusion.predict` uses at this guidance), or None for a model without one (it then
+    encodes its text at every step)."""
+    encode = getattr(model, "encode_condition", None)
+    if encode is None:
+        return None
+    return encode(tokens, token_mask, None) if guidance_scale == 1.0 else encode(*_guided_text(tokens, token_mask))
+
+
 class GaussianDiffusion:
     """The process for one schedule and one parameterization: conversions between the network's
     output and (x0, eps), classifier-free-guided prediction, and the DDPM and DDIM samplers.
 
-    A denoiser is called as `model(model_input(x_t, t), t, tokens, token_mask, drop_text)`."""
+    A denoiser is called as `model(model_input(x_t, t), t, tokens, token_mask, drop_text)`; one that
+    also has `encode_condition(tokens, token_mask, drop_text)` gets it once per sample and is called
+    with `condition=` its result (`encode_condition` below)."""
 
     def __init__(self, sched: Schedule, prediction: Prediction | str, sigma_data: float = 0.5):
         self.sched = sched
@@ -185,18 +204,18 @@ class GaussianDiffusion:
 
     def predict(self, model: Callable, x_t: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
                 token_mask: torch.Tensor, guidance_scale: float = 1.0,
-                clip_x0: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                clip_x0: bool = True, condition: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) at x_t. Guidance (Ho & Salimans 2022) runs cond and uncond as ONE batched forward;
         at guidance_scale == 1 only the conditional pass runs. The outputs are combined before the
-        conversion, which is affine in the output, so this equals combining the x0 estimates."""
+        conversion, which is affine in the output, so this equals combining the x0 estimates.
+        `condition`: `encode_condition(model, ...)` of these tokens and this guidance, made once per
+        sample (the model then skips its text encoder and pose stage)."""
         inp = self.model_input(x_t, t)
+        extra = {} if condition is None else dict(condition=condition)
         if guidance_scale == 1.0:
-            out = model(inp, t, tokens, token_mask, None)
+            out = model(inp, t, tokens, token_mask, None, **extra)
         else:
-            b = x_t.shape[0]
-            drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x_t.device)
-            both = model(torch.cat([inp, inp]), torch.cat([t, t]), torch.cat([tokens, tokens]),
-                         torch.cat([token_mask, token_mask]), drop)
+            both = model(torch.cat([inp, inp]), torch.cat([t, t]), *_guided_text(tokens, token_mask), **extra)
             cond, uncond = both.chunk(2)
             out = uncond + guidance_scale * (cond - uncond)
         return self.to_x0_eps(x_t, t, out.float(), clip_x0)
@@ -263,9 +282,10 @@ class GaussianDiffusion:
             last = start_t
             x = q_sample(self.sched, init.to(device), torch.full((shape[0],), start_t, device=device), noise())
         timesteps = self.timesteps(sampler, steps, last)
+        condition = encode_condition(model, tokens, token_mask, guidance_scale)
         for i, t_int in enumerate(timesteps):
             t = torch.full((shape[0],), t_int, device=device, dtype=torch.long)
-            x0, eps = self.predict(model, x, t, tokens, token_mask, guidance_scale)
+            x0, eps = self.predict(model, x, t, tokens, token_mask, guidance_scale, condition=condition)
             if callback is not None:
                 callback(t_int, x, x0)
             if sampler == "ddpm":

@@ -40,7 +40,7 @@ from data.real.common import DatasetError
 from data.signer import parse_caption, sentence_trajectory
 from data.text import Tokenizer, usable_prompt
 from diffusion import GaussianDiffusion, build_objective
-from diffusion.gaussian import q_sample
+from diffusion.gaussian import encode_condition, q_sample
 from evaluation.metrics import (NOISE_TOLERANCE, back_translate, dtw_hand_error, flicker_ratio, gloss_accuracy, gloss_wer,
                                 motion_ratio, noise_level, psnr, ssim)
 from evaluation.pose_report import format_pose_table, gloss_labels, pose_report
@@ -65,8 +65,14 @@ class _NoText(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, t, tokens, token_mask, drop_text=None):
+    def forward(self, x, t, tokens, token_mask, drop_text=None, condition=None):
+        if condition is not None:
+            return self.model(x, t, tokens, token_mask, condition=condition)
         return self.model(x, t, tokens, token_mask, torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
+
+    def encode_condition(self, tokens, token_mask, drop_text=None):
+        return self.model.encode_condition(tokens, token_mask, torch.ones(tokens.shape[0], dtype=torch.bool,
+                                                                          device=tokens.device))
 
 
 def score_synthetic(videos: torch.Tensor, refs: list[dict[str, Any]]) -> dict[str, float]:
@@ -152,14 +158,16 @@ def prompt_ranking(model: torch.nn.Module, diffusion: GaussianDiffusion, tokeniz
         others = [c for c in captions[i + 1:] + captions[:i] if c != ref["caption"]][:RANKING_DISTRACTORS]
         candidates = [ref["caption"]] + others
         k = len(candidates)
-        tokens, mask = tokenizer.batch(candidates, cfg.max_text_len_tokens)
+        tokens, mask = (v.to(device) for v in tokenizer.batch(candidates, cfg.max_text_len_tokens))
+        condition = encode_condition(model, tokens, mask)  # the candidates' text, once for every timestep
+        extra = {} if condition is None else dict(condition=condition)
         x0 = ref["video"][None].to(device)
         losses = torch.zeros(k)
         for t_int in steps:
             noise = torch.randn(x0.shape, generator=gen).to(device)
             t = torch.full((k,), t_int, device=device)
             x_t = q_sample(diffusion.sched, x0, t[:1], noise).expand(k, *x0.shape[1:])
-            out = model(diffusion.model_input(x_t, t), t, tokens.to(device), mask.to(device))
+            out = model(diffusion.model_input(x_t, t), t, tokens, mask, **extra)
             target = diffusion.target(x0, t[:1], noise)
             weight = objective.weights(t[:1]).float().cpu()  # the timestep's training weight
             losses += weight * ((out.float() - target) ** 2).mean(dim=(1, 2, 3, 4)).cpu()

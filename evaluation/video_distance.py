@@ -74,21 +74,22 @@ class VideoEncoder(nn.Module):
         self.embed = nn.Linear(c_in * int(np.prod(self.grid)), feature_dim)
         self.head = nn.Linear(feature_dim, num_labels)
 
-    def _run(self, video: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _run(self, video: torch.Tensor, spreads: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"expected video (B, 3, T, H, W), got {tuple(video.shape)}")
-        h, spreads = video, []
+        h, stds = video, []
         for block in self.blocks:
             h = block(h)
-            spreads.append(h.flatten(2).std(2))
-        return self.embed(F.adaptive_avg_pool3d(h, self.grid).flatten(1)), spreads
+            if spreads:  # features only: the classifier's training never reads them (a fifth of its time)
+                stds.append(h.flatten(2).std(2))
+        return self.embed(F.adaptive_avg_pool3d(h, self.grid).flatten(1)), stds
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
-        embedding, spreads = self._run(video)
+        embedding, spreads = self._run(video, spreads=True)
         return torch.cat([embedding, *spreads], 1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.head(F.silu(self._run(video)[0]))
+        return self.head(F.silu(self._run(video, spreads=False)[0]))
 
 
 class TrainedEncoder:
@@ -151,13 +152,35 @@ def _spread(count: int, total: int) -> list[int]:
     return [i * total // count for i in range(count)]
 
 
-def _load_clips(dataset, indices: list[int]) -> tuple[torch.Tensor, list[list[str]]]:
-    clips, labels = [], []
-    for i in indices:
-        item = dataset[i]
-        clips.append(_as_uint8(item["video"]))
-        labels.append(clip_labels(item))
-    return torch.stack(clips), labels
+class _ClipsAndLabels(torch.utils.data.Dataset):
+    """dataset[indices[j]] as (uint8 clip, labels): what a loader worker hands back."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, list[str]]:
+        item = self.dataset[self.indices[j]]
+        return _as_uint8(item["video"]), clip_labels(item)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def _load_clips(dataset, indices: list[int], workers: int | None = None) -> tuple[torch.Tensor, list[list[str]]]:
+    """(uint8 clips (N, T, H, W, 3), label lists) of dataset[indices], in order. Thousands of clips
+    are rendered (or decoded) while nothing else runs: a worker per core loads them (the
+    encoder's 4,352 synthetic clips: 7.5 s on one core; docs/performance.md, round 15)."""
+    if workers is None:  # a few clips load faster than workers start
+        workers = min(2, len(os.sched_getaffinity(0))) if len(indices) > 256 else 0
+    # Its own generator: the workers' base seed must not be drawn from (and move) the caller's RNG.
+    loader = torch.utils.data.DataLoader(_ClipsAndLabels(dataset, indices), batch_size=64, num_workers=workers,
+                                         collate_fn=_as_list, generator=torch.Generator().manual_seed(0))
+    pairs = [pair for batch in loader for pair in batch]
+    return torch.stack([clip for clip, _ in pairs]), [labels for _, labels in pairs]
 
 
 def _multi_hot(labels: list[list[str]], vocab: list[str]) -> torch.Tensor:

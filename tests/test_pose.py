@@ -86,6 +86,40 @@ def test_denoiser_follows_the_pose_map_except_under_the_null_condition(kind):
     assert pred.shape == (2, cfg.num_frames, len(model.pose_points), 2)
 
 
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_a_sample_encodes_its_text_once_and_equals_the_sample_that_encodes_it_at_every_step(guidance):
+    cfg, model = _pose_model()
+    model.eval()
+    diffusion = build_diffusion(cfg, torch.device("cpu"))
+    _, _, tokens, mask, _, _ = _inputs(cfg)
+    shape = (2, 3, cfg.num_frames, cfg.frame_size_px, cfg.frame_size_px)
+    calls = []
+    hook = model.text.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+
+    def sample(m):
+        return diffusion.sample(m, tokens, mask, shape, steps=4, guidance_scale=guidance,
+                                generator=torch.Generator().manual_seed(3))
+
+    cached = sample(model)
+    assert calls == [2 if guidance == 1.0 else 4]  # once per sample (the guided batch holds both texts)
+    calls.clear()
+    every_step = sample(lambda *args, **kw: model(*args, **kw))  # no encode_condition: the text at each step
+    hook.remove()
+    assert len(calls) == 4
+    assert torch.equal(cached, every_step)
+
+
+def test_forward_with_an_encoded_condition_equals_the_plain_forward_and_refuses_the_training_losses():
+    cfg, model = _pose_model(kind="full")
+    x, t, tokens, mask, pose_xy, visible = _inputs(cfg)
+    drop = torch.tensor([False, True])
+    for keypoints in ({}, dict(pose_xy=pose_xy, pose_visible=visible)):
+        condition = model.encode_condition(tokens, mask, drop, **keypoints)
+        assert torch.equal(model(x, t, tokens, mask, drop, **keypoints), model(x, t, tokens, mask, condition=condition))
+    with pytest.raises(ValueError, match="return_aux"):
+        model(x, t, tokens, mask, pose_xy=pose_xy, pose_visible=visible, return_aux=True, condition=condition)
+
+
 @pytest.mark.parametrize("depth", [0, 1, 2])
 def test_pose_stage_layers_let_each_frame_see_the_others_and_only_with_them(depth):
     """pose_depth: with layers over the frames, a change in one frame's regulated features moves the

@@ -7,8 +7,8 @@ import torch
 from config import make_config
 from data.synthetic import SyntheticSignDataset
 from evaluation.metrics import flicker_ratio
-from evaluation.video_distance import (ENCODER_RECIPE, VideoEncoder, _as_uint8, clip_features, clip_labels,
-                                       kernel_video_distance, load_or_train_encoder, train_encoder)
+from evaluation.video_distance import (ENCODER_RECIPE, VideoEncoder, _as_uint8, _load_clips, clip_features,
+                                       clip_labels, kernel_video_distance, load_or_train_encoder, train_encoder)
 
 FRAMES, SIZE = 8, 16
 # A tiny recipe: the tests check the contracts in seconds, not the default's accuracy.
@@ -112,6 +112,15 @@ def test_kernel_distance_is_unbiased_and_checks_its_input():
     assert shifted > 10 * max(abs(v) for v in same)
     with pytest.raises(ValueError, match="feature sets"):
         kernel_video_distance(torch.randn(1, 8), torch.randn(5, 8))
+
+
+def test_loader_workers_hand_back_the_clips_and_labels_in_order():
+    ds = SyntheticSignDataset("train", 40, FRAMES, SIZE, seed=0)
+    indices = [7, 3, 30, 12, 0, 25]
+    inline = _load_clips(ds, indices, workers=0)
+    pooled = _load_clips(ds, indices, workers=2)
+    assert torch.equal(inline[0], pooled[0]) and inline[1] == pooled[1]
+    assert torch.equal(inline[0][1], _as_uint8(ds[3]["video"])) and inline[1][1] == clip_labels(ds[3])
 
 
 def test_encoder_rejects_a_wrong_shape():

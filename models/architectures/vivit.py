@@ -13,6 +13,7 @@ conv, times a learnable `output_scale`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -30,6 +31,25 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
     "M": dict(width=192, depth=8, heads=6),
     "B": dict(width=384, depth=12, heads=6),
 }
+
+
+@dataclass
+class Condition:
+    """The text's (and the pose stage's) part of a forward pass (`ViViTDenoiser.encode_condition`):
+    ctx/ctx_mask the text tokens (B, S, D)/(B, S) the blocks attend to, text_vec (B, D) the pooled
+    text's share of the adaLN vector, frame_vec (B, T', D) FrameAligner's or None, maps
+    (B, groups, T, H, W) the pose map or None, and the pose stage's outputs behind it (pred_xy,
+    vis_logits) with the keypoints drawn (shown, shown_vis)."""
+    ctx: torch.Tensor
+    ctx_mask: torch.Tensor
+    text_vec: torch.Tensor
+    frame_vec: torch.Tensor | None
+    maps: torch.Tensor | None
+    pred_xy: torch.Tensor | None = None
+    vis_logits: torch.Tensor | None = None
+    shown: torch.Tensor | None = None
+    shown_vis: torch.Tensor | None = None
+
 
 
 def clip_norm(norm: nn.Module, z: torch.Tensor, frames: int) -> torch.Tensor:
@@ -180,14 +200,15 @@ class ViViTDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
                 token_mask: torch.Tensor, drop_text: torch.Tensor | None = None,
                 pose_xy: torch.Tensor | None = None, pose_visible: torch.Tensor | None = None,
-                return_aux: bool = False):
+                return_aux: bool = False, condition: Condition | None = None):
         """x (B,3,T,H,W) model input; t (B,) long; tokens/token_mask (B,L); drop_text (B,) bool.
 
         With the pose stage: `pose_xy` (B,T,J,2) and `pose_visible` (B,T,J) are the data's skeleton
         (training: the map shows them, teacher forcing); without them the map shows the stage's own
         prediction. `return_aux` (with the pose stage it needs pose_xy) returns (output, aux): the
         stage's loss terms, per-clip values (B,) (pose.py `pose_losses`), and with the temporal blend
-        aux["unblended"], the output before it (B, 3, T, H, W).
+        aux["unblended"], the output before it (B, 3, T, H, W). `condition`: what `encode_condition`
+        made of the same tokens (and keypoints), instead of computing it again (a sampler's steps).
         """
         b, c, frames, height, width_px = x.shape
         if (c, frames, height, width_px) != (3, self.num_frames, self.frame_size_px, self.frame_size_px):
@@ -197,29 +218,23 @@ class ViViTDenoiser(nn.Module):
             raise ValueError("pose_xy needs a model built with pose_cond=True")
         if return_aux and self.pose is not None and pose_xy is None:
             raise ValueError("return_aux needs the ground-truth pose_xy and pose_visible")
-        ctx, ctx_mask = self.text(tokens, token_mask, drop_text)
+        if condition is None:
+            condition = self.encode_condition(tokens, token_mask, drop_text, pose_xy, pose_visible)
+        elif return_aux:
+            raise ValueError("return_aux computes the pose stage's losses: pass the tokens and pose_xy, not a condition")
+        ctx, ctx_mask = condition.ctx, condition.ctx_mask
         aux = {}
-        if self.pose is not None:
-            pred_xy, vis_logits = self.pose(ctx, ctx_mask)
-            if pose_xy is None:
-                shown, shown_vis = pred_xy.detach(), vis_logits.detach() > 0
-            else:
-                shown = pose_xy[:, :, self.pose_points].to(pred_xy.dtype)
-                shown_vis = pose_visible[:, :, self.pose_points]
-                if return_aux:
-                    aux = pose_losses(pred_xy.float(), vis_logits.float(), shown.float(), shown_vis,
-                                      self.pose_hands)
-            maps = render_pose(shown, shown_vis, self.pose_groups, self.frame_size_px).to(x.dtype)
-            if drop_text is not None:  # the null condition has no pose either
-                maps = maps * (~drop_text).to(x.dtype)[:, None, None, None, None]
-            x = torch.cat([x, maps], dim=1)
+        if condition.maps is not None:
+            if return_aux:
+                aux = pose_losses(condition.pred_xy.float(), condition.vis_logits.float(), condition.shown.float(),
+                                  condition.shown_vis, self.pose_hands)
+            x = torch.cat([x, condition.maps.to(x.dtype)], dim=1)
         x_image = x[:, :3]  # the model input without the pose map (what the temporal blend averages)
         h = self.patchify(x)
         h = (h + self.pos_spatial + self.pos_temporal[:, None, :]).contiguous()  # (B, T', N, D)
-        pooled = (ctx * ctx_mask[..., None]).sum(1) / ctx_mask.sum(1, keepdim=True)
-        cond = (self.time_mlp(timestep_embedding(t, 256)) + self.text_pool(pooled))[:, None, :]
-        if self.frame_cond is not None:
-            cond = cond + self.frame_cond(ctx, ctx_mask)  # (B, T', D): one vector per frame
+        cond = (self.time_mlp(timestep_embedding(t, 256)) + condition.text_vec)[:, None, :]
+        if condition.frame_vec is not None:
+            cond = cond + condition.frame_vec  # (B, T', D): one vector per frame
         for block in self.blocks:
             if self.activation_checkpointing and self.training:
                 h = checkpoint(block, h, cond, ctx, ctx_mask, use_reentrant=False)
@@ -247,6 +262,29 @@ class ViViTDenoiser(nn.Module):
                 aux["unblended"] = out
             out = self.blend_toward_clip_mean(out, gate, x_image, t)
         return (out, aux) if return_aux else out
+
+    def encode_condition(self, tokens: torch.Tensor, token_mask: torch.Tensor, drop_text: torch.Tensor | None = None,
+                         pose_xy: torch.Tensor | None = None, pose_visible: torch.Tensor | None = None) -> Condition:
+        """What forward computes from the text (and the keypoints) alone: the same at every timestep,
+        so a sampler computes it once per sample instead of at each of its steps (the text encoder,
+        the pose stage and its map were ~15% of a sampling step: docs/performance.md, round 15).
+        The order of the ops is forward's own, so the gradients sum in the same order."""
+        ctx, ctx_mask = self.text(tokens, token_mask, drop_text)
+        pred_xy = vis_logits = shown = shown_vis = maps = None
+        if self.pose is not None:
+            pred_xy, vis_logits = self.pose(ctx, ctx_mask)
+            if pose_xy is None:
+                shown, shown_vis = pred_xy.detach(), vis_logits.detach() > 0
+            else:
+                shown = pose_xy[:, :, self.pose_points].to(pred_xy.dtype)
+                shown_vis = pose_visible[:, :, self.pose_points]
+            maps = render_pose(shown, shown_vis, self.pose_groups, self.frame_size_px)
+            if drop_text is not None:  # the null condition has no pose either
+                maps = maps * (~drop_text).to(maps.dtype)[:, None, None, None, None]
+        pooled = (ctx * ctx_mask[..., None]).sum(1) / ctx_mask.sum(1, keepdim=True)
+        text_vec = self.text_pool(pooled)
+        frame_vec = self.frame_cond(ctx, ctx_mask) if self.frame_cond is not None else None
+        return Condition(ctx, ctx_mask, text_vec, frame_vec, maps, pred_xy, vis_logits, shown, shown_vis)
 
     def blend_toward_clip_mean(self, out: torch.Tensor, gate_logit: torch.Tensor, x_image: torch.Tensor,
                                t: torch.Tensor) -> torch.Tensor:
