@@ -169,15 +169,27 @@ def compile_blocks(model: torch.nn.Module, streams: int) -> int:
     CPU options: inductor's C++ wrapper (`cpp_wrapper`) releases the GIL for the whole compiled
     graph, so two CPU streams run their compiled blocks at the same time; with the default Python
     wrapper each fused kernel holds the GIL and the streams take turns (docs/performance.md, round 6).
-    With streams, each kernel gets one OpenMP thread, like the eager ops in a stream.
+    With streams, each kernel gets one OpenMP thread, like the eager ops in a stream. The text's
+    width is dynamic from the first graph (`_text_width_dynamic`), so a run compiles the blocks once.
     """
-    from models.architectures.blocks import Block
+    from models.architectures.blocks import Block, TextEncoder
 
     options = {"cpp_wrapper": True, **({"cpp.threads": 1} if streams > 1 else {})}
     blocks = [m for m in model.modules() if isinstance(m, Block)]
     for block in blocks:
         block.compile(options=options)
+    for text in (m for m in model.modules() if isinstance(m, TextEncoder)):
+        text.register_forward_hook(_text_width_dynamic)
     return len(blocks)
+
+
+def _text_width_dynamic(module: torch.nn.Module, args, out: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Mark the text's width (ctx and its mask, dim 1) dynamic before the blocks see it: each batch
+    is padded to its own longest caption, so a static first graph was compiled, then recompiled
+    (twice, by the two streams) as soon as the width changed at step 2 (docs/performance.md, round 15).
+    A hook on the eager text encoder: inside the compiled block the mark cannot be made."""
+    for tensor in out:
+        torch._dynamo.maybe_mark_dynamic(tensor, 1)
 
 
 class NonFiniteError(RuntimeError):
