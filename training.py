@@ -186,7 +186,7 @@ def compile_blocks(model: torch.nn.Module, streams: int) -> int:
 def _text_width_dynamic(module: torch.nn.Module, args, out: tuple[torch.Tensor, torch.Tensor]) -> None:
     """Mark the text's width (ctx and its mask, dim 1) dynamic before the blocks see it: each batch
     is padded to its own longest caption, so a static first graph was compiled, then recompiled
-    (twice, by the two streams) as soon as the width changed at step 2 (docs/performance.md, round 15).
+    (twice, by the two streams) as soon as the width changed at step 2 (docs/performance.md, round 16).
     A hook on the eager text encoder: inside the compiled block the mark cannot be made."""
     for tensor in out:
         torch._dynamo.maybe_mark_dynamic(tensor, 1)

@@ -176,7 +176,7 @@ def test_bench_compare_precision_writes_both_figures(tmp_path):
 def test_blocks_compile_once_across_text_widths_and_the_checkpoint_probe(monkeypatch):
     """One graph of the compiled blocks for the whole run. The loader pads each batch's text to its own
     longest caption: with the width static in the first graph, the second width recompiled (and the
-    two streams both did; docs/performance.md, round 15). And the checkpoint's finite-output probe
+    two streams both did; docs/performance.md, round 16). And the checkpoint's finite-output probe
     (no_grad, eval) runs eager: through the compiled blocks it would compile another graph at every
     run's first checkpoint (~8 s on the demo; round 11). Counted with dynamo's own counter."""
     from torch._dynamo.testing import CompileCounter
