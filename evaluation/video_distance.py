@@ -42,6 +42,11 @@ from data.text import split_words
 ENCODER_RECIPE: dict[str, Any] = dict(
     version=2, channels=(16, 32, 64), feature_dim=64, train_clips=4096, heldout_clips=256, epochs=6,
     batch_size=32, lr=3e-3, weight_decay=1e-4, seed=0, max_vocab=512)
+# The default demo's encoder ships with the code (written by `python scripts/ship_video_encoder.py`; its
+# key, like the cache's, covers every setting and the rendered pixels, so any other shape trains its own):
+# every machine measures the demo's fvd with one ruler, as FVD's fixed I3D does, and a new user's first
+# demo skips its ~22 s of rendering and training (docs/performance.md, round 17).
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "encoders")
 
 def clip_labels(item: dict[str, Any]) -> list[str]:
     """What the encoder learns to recognise in a clip: its glosses where the data has them (the
@@ -283,6 +288,14 @@ def load_or_train_encoder(cfg, log: Callable[[str], None] = print, recipe: dict[
     path = os.path.join(folder, f"video_encoder_{cfg.dataset}_{key}.pt")
     if os.path.isfile(path):
         return _load(path)
+    shipped = os.path.join(SHIPPED_DIR, os.path.basename(path))
+    if os.path.isfile(shipped):
+        encoder = _load(shipped)
+        info = encoder.info
+        log(f"video encoder: shipped with the code (evaluation/encoders/{os.path.basename(shipped)}): {len(encoder.vocab)} labels, "
+            f"held-out ground truth ({info['heldout_clips']} clips): exact-set accuracy "
+            f"{info['exact_set_accuracy']:.3f}, micro-F1 {info['micro_f1']:.3f}")
+        return encoder
     train_clips, train_labels = _load_clips(train_set, train_indices)
     log(f"training the video encoder for fvd on {len(train_clips)} {cfg.dataset} ground-truth training "
         f"clips (once; cached as {path}) ...")

@@ -145,3 +145,21 @@ def test_fvd_on_a_real_dataset_learns_caption_words_and_needs_a_pool(tmp_path):
     logs.clear()
     fvd, pool = video_distances(dict(intended=train), cfg, "val", log=logs.append)  # val has 2 clips: none left
     assert pool == 0 and fvd["intended"] != fvd["intended"] and "needs 2 or more" in logs[0]
+
+
+def test_the_default_demos_encoder_ships_with_the_code(tmp_path, monkeypatch):
+    """The default config finds its encoder in evaluation/encoders/ (so it trains nothing and writes no
+    cache); a renderer, data-default or recipe change moves the key and fails here until
+    `python scripts/ship_video_encoder.py` is run."""
+    import evaluation.video_distance as vd
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the default demo's video encoder is not shipped under its current key: "
+                             "run python scripts/ship_video_encoder.py")
+
+    monkeypatch.setattr(vd, "train_encoder", no_training)
+    logs = []
+    encoder = load_or_train_encoder(make_config("cpu", dict(output_dir=str(tmp_path))), log=logs.append)
+    assert len(logs) == 1 and "shipped with the code" in logs[0] and "exact-set accuracy" in logs[0]
+    assert encoder.info["exact_set_accuracy"] > 0.85 and encoder.info["heldout_clips"] == ENCODER_RECIPE["heldout_clips"]
+    assert not (tmp_path / ".text2sign_cache").exists()
