@@ -6,8 +6,9 @@ so each dataset gets its own: a small 3D-conv multi-label classifier of the clip
 synthetic signer; datasets without gloss labels: the caption's words), trained once on ground-truth
 training clips, deterministically (fixed seed, fixed data order, CPU), and cached on disk under a
 key of everything that shapes it (dataset, split settings, frame size, recipe, a fingerprint of the
-training clips). Its penultimate layer and the spread of each conv block's channels, standardised
-by the training clips' statistics, are the feature space (`VideoEncoder.features`).
+training clips); the default demo's ships in evaluation/encoders/. Its penultimate layer and the
+spread of each conv block's channels, standardised by the training clips' statistics, are the
+feature space (`VideoEncoder.features`).
 
     encoder = load_or_train_encoder(cfg, log=print)        # trains once per dataset, then loads
     feats = clip_features(encoder, videos)                  # (N, D) from (N, 3, T, H, W) in [-1, 1]
@@ -45,7 +46,7 @@ ENCODER_RECIPE: dict[str, Any] = dict(
 # The default demo's encoder ships with the code (written by `python scripts/ship_video_encoder.py`; its
 # key, like the cache's, covers every setting and the rendered pixels, so any other shape trains its own):
 # every machine measures the demo's fvd with one ruler, as FVD's fixed I3D does, and a new user's first
-# demo skips its ~22 s of rendering and training (docs/performance.md, round 17).
+# demo skips its rendering and training (docs/performance.md, round 17).
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "encoders")
 
 def clip_labels(item: dict[str, Any]) -> list[str]:
