@@ -27,7 +27,7 @@ def main() -> int:
             os.remove(os.path.join(SHIPPED_DIR, name))
             print(f"removed the stale {name}")
     load_or_train_encoder(cfg, log=print, cache_dir=SHIPPED_DIR)
-    print("wrote", *sorted(os.listdir(SHIPPED_DIR)))
+    print("wrote", *sorted(n for n in os.listdir(SHIPPED_DIR) if n.endswith(".pt")))
     return 0
 
 
