@@ -25,7 +25,7 @@ def main() -> int:
     for name in os.listdir(SHIPPED_DIR):
         if name.startswith(f"video_encoder_{cfg.dataset}_") and name.endswith(".pt"):
             os.remove(os.path.join(SHIPPED_DIR, name))
-            print(f"removed the stale {name}")
+            print(f"removed the previous {name}")
     load_or_train_encoder(cfg, log=print, cache_dir=SHIPPED_DIR)
     print("wrote", *sorted(n for n in os.listdir(SHIPPED_DIR) if n.endswith(".pt")))
     return 0
