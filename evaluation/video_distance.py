@@ -43,10 +43,7 @@ from data.text import split_words
 ENCODER_RECIPE: dict[str, Any] = dict(
     version=2, channels=(16, 32, 64), feature_dim=64, train_clips=4096, heldout_clips=256, epochs=6,
     batch_size=32, lr=3e-3, weight_decay=1e-4, seed=0, max_vocab=512)
-# The default demo's encoder ships with the code (written by `python scripts/ship_video_encoder.py`; its
-# key, like the cache's, covers every setting and the rendered pixels, so any other shape trains its own):
-# every machine measures the demo's fvd with one ruler, as FVD's fixed I3D does, and a new user's first
-# demo skips its rendering and training (docs/performance.md, round 17).
+# Where the default demo's encoder ships, under the cache's key (why and how: encoders/README.md).
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "encoders")
 
 def clip_labels(item: dict[str, Any]) -> list[str]:
@@ -292,10 +289,8 @@ def load_or_train_encoder(cfg, log: Callable[[str], None] = print, recipe: dict[
     shipped = os.path.join(SHIPPED_DIR, os.path.basename(path))
     if os.path.isfile(shipped):
         encoder = _load(shipped)
-        info = encoder.info
-        log(f"video encoder: shipped with the code (evaluation/encoders/{os.path.basename(shipped)}): {len(encoder.vocab)} labels, "
-            f"held-out ground truth ({info['heldout_clips']} clips): exact-set accuracy "
-            f"{info['exact_set_accuracy']:.3f}, micro-F1 {info['micro_f1']:.3f}")
+        log(f"video encoder: shipped with the code (evaluation/encoders/{os.path.basename(shipped)}), "
+            f"{_quality(encoder)}")
         return encoder
     train_clips, train_labels = _load_clips(train_set, train_indices)
     log(f"training the video encoder for fvd on {len(train_clips)} {cfg.dataset} ground-truth training "
@@ -310,15 +305,19 @@ def load_or_train_encoder(cfg, log: Callable[[str], None] = print, recipe: dict[
     held_clips, held_labels = _load_clips(heldout_set, _spread(recipe["heldout_clips"], len(heldout_set)))
     acc = label_accuracy(encoder, held_clips, held_labels)
     encoder.info.update(acc, heldout_clips=len(held_clips), train_s=time.time() - started, key=key)
-    log(f"video encoder: {len(encoder.vocab)} labels, held-out ground truth ({len(held_clips)} clips): "
-        f"exact-set accuracy {acc['exact_set_accuracy']:.3f}, micro-F1 {acc['micro_f1']:.3f} "
-        f"({encoder.info['train_s']:.0f} s)")
+    log(f"video encoder: {_quality(encoder)} ({encoder.info['train_s']:.0f} s)")
     os.makedirs(folder, exist_ok=True)
     state = dict(state=encoder.model.state_dict(), vocab=encoder.vocab, feature_mean=encoder.feature_mean,
                  feature_std=encoder.feature_std, recipe=recipe, shape=json.dumps(shape, default=list),
                  info=encoder.info)
     atomic_write(path, lambda fh: torch.save(state, fh))
     return encoder
+
+
+def _quality(encoder: TrainedEncoder) -> str:
+    info = encoder.info
+    return (f"{len(encoder.vocab)} labels, held-out ground truth ({info['heldout_clips']} clips): exact-set accuracy "
+            f"{info['exact_set_accuracy']:.3f}, micro-F1 {info['micro_f1']:.3f}")
 
 
 def _load(path: str) -> TrainedEncoder:
