@@ -1,7 +1,7 @@
 """Sign-fidelity evaluation of a trained run (see evaluation/runner.py for the conditions).
 
     python evaluate.py --experiment demo [--split test] [--json eval.json]
-    python evaluate.py --checkpoint experiments/demo/checkpoints/ckpt_00001100.pt --num_clips 16
+    python evaluate.py --checkpoint experiments/demo/checkpoints/ckpt_00001000.pt --num_clips 16
     python evaluate.py --experiment demo --start_t 20   # SDEdit: which noise levels lose the signs
 """
 from __future__ import annotations
